@@ -12,7 +12,7 @@ from optimize._errors import run_cli
 # so `optimize --help` is instant.
 COMMAND_MODULES = [
     "optimize.commands.example",
-    # "optimize.commands.quantize",
+    "optimize.commands.quantize",
 ]
 
 EPILOG = """examples:

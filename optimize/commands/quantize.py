@@ -1,0 +1,66 @@
+"""`optimize quantize MODEL`: int8/fp16 ONNX variants, measured against PyTorch and fp32 ONNX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from optimize.commands._common import add_command
+
+EXAMPLES = """\
+  optimize quantize build/models/mlp/model.pt --calibration-data build/models/mlp/calibration.npz \\
+      --eval-data build/models/mlp/eval.npz --out build/q/mlp
+  optimize quantize model.pt2 --method static --calibration-method entropy --out build/q
+  optimize quantize model.onnx --input-shape 1,64 --out build/q          # no data: output agreement only
+  optimize quantize model.pt --out build/q --publish build/repo --name digits-mlp
+exit codes: 0 a quantized variant met the budget and was chosen, 1 none did (model.onnx is fp32), 2 usage error
+"""
+
+
+def register(subparsers) -> None:
+    p = add_command(subparsers, "quantize", "Quantize a model to int8/fp16 ONNX and pick the fastest variant "
+                    "within the accuracy budget.", EXAMPLES)
+    p.add_argument("model", type=Path, help="TorchScript .pt, torch.export .pt2, or .onnx")
+    p.add_argument("--out", type=Path, required=True, help="output folder: model.onnx, variants/, report.json/.md")
+    p.add_argument("--method", default="auto", choices=["auto", "dynamic", "static", "fp16"],
+                   help="which variants to build (auto: all applicable, then pick)")
+    p.add_argument("--calibration-data", type=Path, help=".npz of representative inputs (static int8)")
+    p.add_argument("--calibration-method", default="minmax,entropy,percentile",
+                   help="comma-separated static calibration methods (default: all three)")
+    p.add_argument("--no-per-channel", action="store_true", help="per-tensor instead of per-channel weights")
+    p.add_argument("--eval-data", type=Path, help=".npz with inputs and labels for accuracy")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                   help="budget in accuracy points (or %% relative output error without labels); default 1")
+    p.add_argument("--input-shape", help="input shape with batch first, e.g. 1,64 or x=1x1x8x8")
+    p.add_argument("--threads", type=int, default=1, help="threads for timing (one replica's share); default 1")
+    p.add_argument("--repeats", type=int, default=100, help="timed runs per variant and batch size")
+    p.add_argument("--allow-pickle", action="store_true", help="load a pickled nn.Module (runs code: trust it)")
+    p.add_argument("--publish", type=Path, metavar="REPO", help="publish the chosen model into this repository")
+    p.add_argument("--name", help="model name in the repository (default: the model file's stem)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from optimize.quantize import QuantizeConfig, quantize
+    from optimize.report import print_table
+    from optimize.repository import publish
+
+    config = QuantizeConfig(
+        method=args.method, calibration_methods=tuple(m.strip() for m in args.calibration_method.split(",")),
+        per_channel=not args.no_per_channel, max_accuracy_drop=args.max_accuracy_drop, threads=args.threads,
+        repeats=args.repeats, input_shape=args.input_shape, allow_pickle=args.allow_pickle,
+    )
+    console = Console(stderr=True)
+    with console.status("starting") as status:
+        report = quantize(args.model, args.out, config, calibration_path=args.calibration_data,
+                          eval_path=args.eval_data, progress=lambda msg: status.update(msg))
+    print_table(report)
+    print(f"wrote {args.out / 'model.onnx'} ({report.chosen or 'fp32'}), {args.out / 'report.json'}, "
+          f"{args.out / 'report.md'}")
+    if args.publish:
+        manifest = publish(args.out / "model.onnx", args.publish, args.name or args.model.stem,
+                           source_sha256=report.source["sha256"], report=report.to_dict())
+        where = args.publish / manifest.name / manifest.version
+        print(f"published {manifest.name} version {manifest.version} -> {where}")
+    return 0 if report.chosen else 1

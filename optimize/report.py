@@ -1,0 +1,146 @@
+"""The typed, versioned optimization report (report.json) and its renderers (Markdown, terminal table)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class VariantResult:
+    name: str  # "pytorch", "fp32", "dynamic-int8", "static-int8-minmax", "fp16", ...
+    kind: str  # "pytorch" | "fp32" | "dynamic" | "static" | "fp16" | other producers (prune, ...)
+    path: str | None = None  # relative to the report's folder
+    calibration_method: str | None = None
+    per_channel: bool = False
+    size_bytes: int | None = None
+    size_ratio: float | None = None  # size / fp32 ONNX size
+    latency_b1_p50_ms: float | None = None
+    latency_b1_p95_ms: float | None = None
+    latency_b32_p50_ms: float | None = None
+    latency_b32_p95_ms: float | None = None
+    throughput_sps: float | None = None  # samples/s at batch 32
+    speedup_vs_fp32: float | None = None  # fp32 ONNX p50 / this p50, batch 32
+    speedup_vs_pytorch: float | None = None  # PyTorch eager p50 / this p50, batch 32
+    latency_curve_ms: dict[str, float] = field(default_factory=dict)  # batch size -> p50 ms
+    accuracy: float | None = None
+    accuracy_change_pts: float | None = None  # percentage points against the reference (PyTorch, else fp32)
+    max_abs_diff: float | None = None  # against the fp32 ONNX outputs
+    relative_error: float | None = None
+    top1_agreement: float | None = None
+    quantized_share: float | None = None  # share of MatMul/Gemm/Conv running in int8
+    within_budget: bool | None = None
+    faster_than_fp32: bool | None = None
+    error: str | None = None  # why the variant could not be built or measured
+    extra: dict[str, Any] = field(default_factory=dict)  # producer-specific facts (e.g. prune ratio, params)
+
+
+@dataclass
+class QuantizeReport:
+    source: dict[str, Any]  # path, kind, sha256
+    inputs: list[dict[str, Any]]  # name, shape (without batch), dtype
+    cpu: dict[str, Any]
+    quant_format: dict[str, Any]  # activation_type, weight_type, reduce_range, reason
+    threads: int
+    export: dict[str, Any]  # max_abs_diff, tolerance, verified_samples
+    accuracy_measured: bool
+    budget: dict[str, Any]  # metric ("accuracy_pts" | "relative_error"), max_drop
+    variants: list[VariantResult]
+    chosen: str | None
+    notes: list[str] = field(default_factory=list)
+    eval_samples: int = 0
+    created_unix_s: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    def variant(self, name: str) -> VariantResult:
+        return next(v for v in self.variants if v.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        tmp = Path(path).with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantizeReport:
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"report schema {data.get('schema_version')} is not {SCHEMA_VERSION}")
+        names = {f.name for f in fields(VariantResult)}
+        variants = [VariantResult(**{k: v for k, v in d.items() if k in names}) for d in data["variants"]]
+        return cls(**{**data, "variants": variants})
+
+    @classmethod
+    def load(cls, path: Path) -> QuantizeReport:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:{spec}}{suffix}"
+
+
+COLUMNS = ("variant", "size", "size x", "b1 p50 ms", "b32 p50 ms", "b32 p95 ms", "x fp32", "x torch",
+           "accuracy", "Δ pts", "max |Δ|", "int8 ops", "ok")
+
+
+def rows(report: QuantizeReport) -> list[list[str]]:
+    out = []
+    for v in report.variants:
+        mark = " *" if v.name == report.chosen else ""
+        if v.error:
+            out.append([v.name, *["-"] * (len(COLUMNS) - 2), f"failed: {v.error}"])
+            continue
+        out.append([
+            v.name + mark, _fmt(v.size_bytes and v.size_bytes / 1e6, ".2f", " MB"), _fmt(v.size_ratio),
+            _fmt(v.latency_b1_p50_ms, ".3f"), _fmt(v.latency_b32_p50_ms, ".3f"), _fmt(v.latency_b32_p95_ms, ".3f"),
+            _fmt(v.speedup_vs_fp32), _fmt(v.speedup_vs_pytorch), _fmt(v.accuracy and 100 * v.accuracy, ".2f", "%"),
+            _fmt(v.accuracy_change_pts, "+.2f"), _fmt(v.max_abs_diff, ".2g"), _fmt(v.quantized_share, ".0%"),
+            _fmt(v.within_budget),
+        ])
+    return out
+
+
+def to_markdown(report: QuantizeReport) -> str:
+    fmt = report.quant_format
+    lines = [
+        f"# Optimization report: `{Path(report.source['path']).name}`", "",
+        f"- source: {report.source['kind']}, sha256 `{report.source['sha256'][:16]}…`",
+        f"- CPU: {report.cpu.get('model_name') or report.cpu['arch']} ({', '.join(report.cpu['features']) or 'none'})",
+        f"- int8 format: activations {fmt['activation_type']}, weights {fmt['weight_type']}, "
+        f"reduce_range={fmt['reduce_range']} — {fmt['reason']}",
+        f"- timings: onnxruntime and PyTorch with {report.threads} thread(s), p50/p95 over interleaved rounds",
+        f"- export check: max |ONNX − PyTorch| = {report.export['max_abs_diff']:.3g} "
+        f"(tolerance {report.export['tolerance']:.3g}, {report.export['verified_samples']} samples)",
+        f"- budget: {report.budget['metric']} ≤ {report.budget['max_drop']}"
+        + ("" if report.accuracy_measured else " (accuracy NOT measured: no labelled eval data)"),
+        f"- chosen: **{report.chosen or 'none'}** (* in the table)", "",
+        "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
+    if report.notes:
+        lines += ["", "## Notes", *[f"- {n}" for n in report.notes]]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(report: QuantizeReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{Path(report.source['path']).name}: variants (chosen: {report.chosen or 'none'})")
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in rows(report):
+        table.add_row(*r)
+    console = Console(width=None if Console().is_terminal else 160)  # logs and CI: don't squash columns
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")

@@ -1,0 +1,104 @@
+"""Builders for the quantized variants of a pre-processed fp32 ONNX model, all through onnxruntime's tools."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from optimize.cpu import QuantFormat
+from optimize.data import Dataset
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+COMPUTE_OPS = ("MatMul", "Gemm", "Conv")
+# Ops that compute in integers once onnxruntime has quantized a MatMul/Gemm/Conv.
+_INTEGER_OPS = {"MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "DynamicQuantizeMatMul", "QGemm",
+                "MatMulIntegerToFloat"}
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    kind: str  # "dynamic" | "static" | "fp16"
+    calibration_method: str | None = None
+    per_channel: bool = False
+
+
+def preprocess(fp32: Path, out: Path) -> Path:
+    """onnxruntime's quantization pre-processing: symbolic shape inference, graph optimization, ONNX shapes."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=False)
+    return out
+
+
+class _Reader:
+    """CalibrationDataReader over a data set, in batches (the model has a dynamic batch axis)."""
+
+    def __init__(self, data: Dataset, batch: int = 32) -> None:
+        self._batches = list(data.batches(batch))
+        self._i = 0
+
+    def get_next(self):
+        if self._i >= len(self._batches):
+            return None
+        self._i += 1
+        return self._batches[self._i - 1]
+
+    def rewind(self) -> None:
+        self._i = 0
+
+
+def _qtype(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
+
+
+def build(spec: VariantSpec, pre: Path, out: Path, fmt: QuantFormat, calibration: Dataset | None,
+          nodes_to_exclude: list[str] | None = None) -> Path:
+    """Write the variant to `out`. `nodes_to_exclude` keeps those nodes in float (accuracy-aware fallback)."""
+    from onnxruntime.quantization import CalibrationMethod, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantFormat as OrtFormat
+
+    exclude = list(nodes_to_exclude or [])
+    if spec.kind == "dynamic":
+        quantize_dynamic(str(pre), str(out), weight_type=_qtype(fmt.weight_type), per_channel=spec.per_channel,
+                         reduce_range=fmt.reduce_range, nodes_to_exclude=exclude)
+    elif spec.kind == "static":
+        if calibration is None:
+            raise ValueError("static quantization needs calibration data")
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[spec.calibration_method or "minmax"]
+        quantize_static(
+            str(pre), str(out), _Reader(calibration), quant_format=OrtFormat.QDQ, per_channel=spec.per_channel,
+            reduce_range=fmt.reduce_range, activation_type=_qtype(fmt.activation_type),
+            weight_type=_qtype(fmt.weight_type), calibrate_method=method, nodes_to_exclude=exclude,
+            extra_options={"ActivationSymmetric": fmt.activation_type == "int8"},
+        )
+    elif spec.kind == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(pre)), keep_io_types=True)
+        onnx.save(model, str(out))
+    else:
+        raise ValueError(f"unknown variant kind {spec.kind!r}")
+    return out
+
+
+def quantized_share(path: Path) -> float:
+    """Share of the MatMul/Gemm/Conv work that runs in int8: integer ops, or float ops fed by DequantizeLinear
+    on both operands (QDQ, which onnxruntime fuses into integer kernels at load time)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    counts: Counter[str] = Counter()
+    for node in graph.node:
+        if node.op_type in _INTEGER_OPS:
+            counts["int"] += 1
+        elif node.op_type in COMPUTE_OPS:
+            fed = [producers.get(i) == "DequantizeLinear" for i in node.input[:2]]
+            counts["int" if len(fed) == 2 and all(fed) else "float"] += 1
+    total = counts["int"] + counts["float"]
+    return counts["int"] / total if total else 0.0
