@@ -1,0 +1,234 @@
+"""The HTTP face of the server (FastAPI, no Ray): the KServe v2 routes, bearer token, body limit, JSON errors.
+
+Two ASGI apps. The model app (one per model, mounted by Ray Serve at /v2/models/<name>) answers
+metadata, readiness and infer for that model; the server app (mounted at /) answers /v2, health,
+unknown models (404) and publishes the OpenAPI document of the whole API. Every error is
+`{"error": "..."}` with a meaningful status; no request can crash a replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from serve._codec import ErrorResponse, InferenceRequest, InferenceResponse, InferError, ModelMetadata, ServerMetadata
+
+SERVER_NAME = "optiserve"
+SERVER_VERSION = "0.1.0"
+_ERRORS = {
+    400: {"model": ErrorResponse, "description": "invalid request"},
+    401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
+    404: {"model": ErrorResponse, "description": "unknown model or version"},
+    413: {"model": ErrorResponse, "description": "request body too large"},
+    503: {"model": ErrorResponse, "description": "overloaded: retry after the Retry-After header's seconds"},
+}
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        # allow_nan: a model output of inf/NaN must not turn into a 500
+        return json.dumps(content, allow_nan=True, separators=(",", ":")).encode()
+
+
+class Guard:
+    """ASGI middleware: bearer token (compared by sha256, constant time) and request body size limit."""
+
+    def __init__(self, app, *, token_sha256: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.token_sha256 = token_sha256
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.token_sha256 and not self._authorized(headers.get(b"authorization", b"")):
+            return await _send_error(send, 401, "a valid bearer token is required", {"www-authenticate": "Bearer"})
+        length = headers.get(b"content-length")
+        try:
+            too_big = length is not None and int(length) > self.max_body_bytes
+        except ValueError:
+            return await _send_error(send, 400, "the Content-Length header is not a number")
+        if too_big:
+            return await _send_error(send, 413, f"the request body is larger than {self.max_body_bytes} bytes")
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body_bytes:  # chunked bodies have no Content-Length to check up front
+                raise HTTPException(413, f"the request body is larger than {self.max_body_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.strip()).hexdigest(), self.token_sha256)
+
+
+async def _send_error(send, status: int, message: str, extra: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error(status: int, message: str, retry_after_s: float | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s is not None else None
+    return _JSON({"error": message}, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request"
+    err = errors[0]
+    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+    return f"invalid request: {loc}: {err.get('msg', 'invalid')}" if loc else f"invalid request: {err.get('msg')}"
+
+
+def _base_app(title: str, **kwargs) -> FastAPI:
+    app = FastAPI(title=title, version=SERVER_VERSION, default_response_class=_JSON, **kwargs)
+
+    @app.exception_handler(InferError)
+    async def _infer_error(_: Request, exc: InferError):
+        return _error(exc.status, exc.message, exc.retry_after_s)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        return _error(400, _validation_message(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException):
+        status = 400 if exc.status_code == 422 else exc.status_code
+        return _error(status, str(exc.detail))
+
+    return app
+
+
+def build_model_app(runtime, *, token_sha256: str | None = None, max_body_bytes: int = 8 << 20) -> Any:
+    """The routes of one model, relative to where it is mounted (/v2/models/<name>)."""
+    app = _base_app(f"{SERVER_NAME} model {runtime.name}", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("", response_model=ModelMetadata, responses=_ERRORS, include_in_schema=False)
+    @app.get("/", response_model=ModelMetadata, responses=_ERRORS)
+    async def metadata():
+        return runtime.metadata()
+
+    @app.get("/ready", responses=_ERRORS)
+    async def ready():
+        return _ready(runtime.ready())
+
+    @app.post("/infer", response_model=InferenceResponse, responses=_ERRORS)
+    async def infer(body: InferenceRequest):
+        return await runtime.infer(body)
+
+    @app.get("/versions/{version}", response_model=ModelMetadata, responses=_ERRORS)
+    async def version_metadata(version: str):
+        return runtime.metadata(version)
+
+    @app.get("/versions/{version}/ready", responses=_ERRORS)
+    async def version_ready(version: str):
+        return _ready(runtime.ready(version))
+
+    @app.post("/versions/{version}/infer", response_model=InferenceResponse, responses=_ERRORS)
+    async def version_infer(version: str, body: InferenceRequest):
+        return await runtime.infer(body, version)
+
+    @app.get("/status", responses=_ERRORS)
+    async def status():
+        return runtime.status()
+
+    return Guard(app, token_sha256=token_sha256, max_body_bytes=max_body_bytes)
+
+
+def _ready(ok: bool) -> JSONResponse:
+    # KServe v2: readiness is the status code, 200 for true and 4xx for false
+    return _JSON({"ready": ok}, status_code=200 if ok else 400)
+
+
+def build_server_app(
+    models: Callable[[], list[str]], ready: Callable[[], Awaitable[bool]], *,
+    token_sha256: str | None = None, max_body_bytes: int = 8 << 20,
+) -> Any:
+    """/v2 metadata, health, and 404 for models that are not served; its OpenAPI document covers every route."""
+    app = _base_app(
+        f"{SERVER_NAME} (Open Inference Protocol / KServe v2 REST)",
+        description="Models of a model repository served with dynamic batching on Ray Serve.",
+    )
+
+    @app.get("/v2", response_model=ServerMetadata, responses=_ERRORS)
+    async def server_metadata():
+        return ServerMetadata(name=SERVER_NAME, version=SERVER_VERSION, extensions=["model_status"])
+
+    @app.get("/v2/health/live", responses=_ERRORS)
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready", responses=_ERRORS)
+    async def server_ready():
+        return _ready(await ready())
+
+    def unknown(model_name: str):
+        served = ", ".join(models()) or "none"
+        raise InferError(404, f"model {model_name!r} is not served (served: {served})")
+
+    # Requests for served models never reach these: Ray Serve routes /v2/models/<name> to the model's app.
+    @app.get("/v2/models/{model_name}", response_model=ModelMetadata, responses=_ERRORS)
+    async def model_metadata(model_name: str):
+        unknown(model_name)
+
+    @app.get("/v2/models/{model_name}/ready", responses=_ERRORS)
+    async def model_ready(model_name: str):
+        unknown(model_name)
+
+    @app.post("/v2/models/{model_name}/infer", response_model=InferenceResponse, responses=_ERRORS)
+    async def model_infer(model_name: str, body: InferenceRequest):
+        unknown(model_name)
+
+    @app.get("/v2/models/{model_name}/versions/{version}", response_model=ModelMetadata, responses=_ERRORS)
+    async def version_metadata(model_name: str, version: str):
+        unknown(model_name)
+
+    @app.get("/v2/models/{model_name}/versions/{version}/ready", responses=_ERRORS)
+    async def version_ready(model_name: str, version: str):
+        unknown(model_name)
+
+    @app.post("/v2/models/{model_name}/versions/{version}/infer", response_model=InferenceResponse,
+              responses=_ERRORS)
+    async def version_infer(model_name: str, version: str, body: InferenceRequest):
+        unknown(model_name)
+
+    @app.get("/v2/models/{model_name}/status", responses=_ERRORS)
+    async def model_status(model_name: str):
+        unknown(model_name)
+
+    return Guard(app, token_sha256=token_sha256, max_body_bytes=max_body_bytes)
+
+
+class Dispatcher:
+    """Longest-prefix routing of paths to ASGI apps, as Ray Serve's proxy does (for in-process tests)."""
+
+    def __init__(self, routes: dict[str, Any]) -> None:
+        self.routes = sorted(routes.items(), key=lambda kv: -len(kv[0]))
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "")
+        for prefix, app in self.routes:
+            if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
+                if prefix != "/":
+                    scope = {**scope, "root_path": scope.get("root_path", "") + prefix}
+                return await app(scope, receive, send)

@@ -1,0 +1,58 @@
+"""Per-replica rolling statistics for the autoscaler: arrival rate, latency percentiles, batch sizes.
+
+Pure (an injectable clock), so the windowing is unit-tested without sleeping. The keys of
+`snapshot()` are the names autoscale/ reads (autoscale/metrics.py), so producer and consumer agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from autoscale import metrics as m
+
+
+class RollingStats:
+    def __init__(self, window_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self._arrivals: deque[float] = deque()
+        self._latencies: deque[tuple[float, float]] = deque()  # (time, ms)
+        self._batches: deque[tuple[float, int]] = deque()  # (time, rows)
+
+    def arrival(self) -> None:
+        self._arrivals.append(self._clock())
+
+    def latency(self, ms: float) -> None:
+        self._latencies.append((self._clock(), ms))
+
+    def batch(self, rows: int) -> None:
+        self._batches.append((self._clock(), rows))
+
+    def _prune(self) -> float:
+        now = self._clock()
+        cutoff = now - self.window_s
+        while self._arrivals and self._arrivals[0] < cutoff:
+            self._arrivals.popleft()
+        for q in (self._latencies, self._batches):
+            while q and q[0][0] < cutoff:
+                q.popleft()
+        return now
+
+    def snapshot(self, queue_len: int, ongoing: int) -> dict[str, float]:
+        """Metric name -> value (ints and floats only, as Ray Serve's custom-metrics hook requires)."""
+        self._prune()
+        lat = np.array([ms for _, ms in self._latencies]) if self._latencies else None
+        p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99])) if lat is not None else (0.0,) * 3
+        return {
+            m.QUEUE_LEN: float(queue_len),
+            m.ONGOING: float(ongoing),
+            m.ARRIVAL_RATE_RPS: len(self._arrivals) / self.window_s,
+            m.LATENCY_P50_MS: p50,
+            m.LATENCY_P95_MS: p95,
+            m.LATENCY_P99_MS: p99,
+            m.BATCH_SIZE_MEAN: float(np.mean([r for _, r in self._batches])) if self._batches else 0.0,
+        }
