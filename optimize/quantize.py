@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -157,7 +158,7 @@ def quantize(model_path: Path, out: Path, config: QuantizeConfig = QuantizeConfi
     measure_variants(source, built, results, inputs, config)
     report = QuantizeReport(
         source={"path": str(source.path), "kind": source.kind, "sha256": source.sha256},
-        inputs=[asdict(s) for s in inputs.specs], cpu=asdict(cpu), quant_format=asdict(fmt),
+        inputs=_plain([asdict(s) for s in inputs.specs]), cpu=_plain(asdict(cpu)), quant_format=asdict(fmt),
         threads=config.threads,
         export={"max_abs_diff": exported.max_abs_diff, "tolerance": exported.tolerance,
                 "verified_samples": exported.verified_samples},
@@ -174,6 +175,11 @@ def quantize(model_path: Path, out: Path, config: QuantizeConfig = QuantizeConfi
 
     (out / "report.md").write_text(to_markdown(report))
     return report
+
+
+def _plain(value):
+    """JSON-shaped copy (tuples become lists), so a report equals itself after a save/load round trip."""
+    return json.loads(json.dumps(value))
 
 
 def measure_variants(source: SourceModel, built: dict[str, Path], results: dict[str, VariantResult],

@@ -1,0 +1,145 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from optimize._errors import UserError
+from optimize.export import session
+from optimize.quantize import QuantizeConfig, choose, quantize
+from optimize.report import QuantizeReport, VariantResult, to_markdown
+
+FAST = QuantizeConfig(repeats=10)
+
+
+@pytest.fixture(scope="module")
+def mlp_report(examples_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q-mlp")
+    mlp = examples_dir / "mlp"
+    report = quantize(mlp / "model.pt", out, FAST, calibration_path=mlp / "calibration.npz",
+                      eval_path=mlp / "eval.npz")
+    return out, report
+
+
+def test_every_variant_is_built_and_measured(mlp_report):
+    out, report = mlp_report
+    names = [v.name for v in report.variants]
+    assert names == ["pytorch", "fp32", "dynamic-int8", "static-int8-minmax", "static-int8-entropy",
+                     "static-int8-percentile", "fp16"]
+    for v in report.variants:
+        assert v.error is None
+        assert v.latency_b1_p50_ms > 0 and v.latency_b32_p95_ms >= v.latency_b32_p50_ms > 0
+        assert v.accuracy is not None and v.within_budget is not None
+        if v.kind != "pytorch":
+            assert (out / v.path).is_file() and v.size_bytes == (out / v.path).stat().st_size
+            assert set(v.latency_curve_ms) == {"1", "2", "4", "8", "16", "32"}
+    assert report.accuracy_measured and report.export["max_abs_diff"] < 1e-3
+
+
+def test_int8_is_smaller_and_agrees_with_fp32(mlp_report):
+    _, report = mlp_report
+    for v in report.variants:
+        if v.kind in ("dynamic", "static"):
+            assert v.size_ratio < 0.3
+            assert v.quantized_share == 1.0
+            assert v.top1_agreement >= 0.97 and v.relative_error < 0.1
+            assert abs(v.accuracy_change_pts) <= 1.0
+    fp16 = report.variant("fp16")
+    assert 0.45 < fp16.size_ratio < 0.55 and fp16.quantized_share == 0.0 and fp16.max_abs_diff < 0.05
+
+
+def test_chosen_model_is_written_and_not_slower_than_fp32(mlp_report):
+    out, report = mlp_report
+    chosen = report.variant(report.chosen)
+    assert chosen.within_budget and chosen.faster_than_fp32 and chosen.kind in ("dynamic", "static")
+    assert (out / "model.onnx").read_bytes() == (out / chosen.path).read_bytes()
+    sess = session(out / "model.onnx")
+    assert sess.run(None, {"x": np.zeros((3, 64), np.float32)})[0].shape == (3, 10)
+
+
+def test_report_round_trips_and_renders(mlp_report):
+    out, report = mlp_report
+    loaded = QuantizeReport.load(out / "report.json")
+    assert loaded == report
+    assert json.loads((out / "report.json").read_text())["schema_version"] == 1
+    md = (out / "report.md").read_text()
+    assert md == to_markdown(report) and f"{report.chosen} *" in md and "reduce_range" in md
+    with pytest.raises(ValueError, match="schema"):
+        QuantizeReport.from_dict({**report.to_dict(), "schema_version": 99})
+
+
+def _report(variants):
+    return QuantizeReport({"path": "m"}, [], {}, {}, 1, {}, True, {}, variants, None)
+
+
+def test_choose_never_picks_a_variant_slower_than_fp32():
+    slow = VariantResult("fp16", "fp16", within_budget=True, faster_than_fp32=False, latency_b32_p50_ms=1.0)
+    report = _report([VariantResult("fp32", "fp32"), slow])
+    choose(report)
+    assert report.chosen is None
+    assert any("slower than fp32" in n for n in report.notes)
+    assert any("no variant within budget beats fp32" in n for n in report.notes)
+
+
+def test_choose_picks_fastest_within_budget():
+    report = _report([
+        VariantResult("a", "static", within_budget=True, faster_than_fp32=True, latency_b32_p50_ms=2.0),
+        VariantResult("b", "static", within_budget=False, faster_than_fp32=True, latency_b32_p50_ms=1.0),
+        VariantResult("c", "dynamic", within_budget=True, faster_than_fp32=True, latency_b32_p50_ms=1.5),
+    ])
+    choose(report)
+    assert report.chosen == "c"
+
+
+def test_exported_program_cnn_static_only(examples_dir, tmp_path):
+    cnn = examples_dir / "cnn"
+    config = QuantizeConfig(method="static", calibration_methods=("entropy",), repeats=10)
+    report = quantize(cnn / "model.pt2", tmp_path, config, calibration_path=cnn / "calibration.npz",
+                      eval_path=cnn / "eval.npz")
+    assert [v.name for v in report.variants] == ["pytorch", "fp32", "static-int8-entropy"]
+    static = report.variant("static-int8-entropy")
+    assert static.quantized_share == 1.0 and abs(static.accuracy_change_pts) <= 1.0
+    # the fp32 export keeps its weights inside the file (no external .data), so sizes compare honestly
+    assert not list(tmp_path.glob("variants/*.data"))
+    assert onnx.load(str(tmp_path / "variants/fp32.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_param
+
+
+def test_onnx_input_without_data_measures_agreement_only(examples_dir, tmp_path):
+    first = quantize(examples_dir / "mlp/model.pt", tmp_path / "a", QuantizeConfig(method="fp16", repeats=10),
+                     calibration_path=examples_dir / "mlp/calibration.npz")
+    report = quantize(tmp_path / "a/variants/fp32.onnx", tmp_path / "b", QuantizeConfig(method="dynamic", repeats=10))
+    assert not report.accuracy_measured and report.budget["metric"] == "relative_error_pct"
+    assert any("accuracy was not measured" in n for n in report.notes)
+    assert any("generated inputs" in n for n in report.notes)
+    assert [v.name for v in report.variants] == ["fp32", "dynamic-int8"]
+    assert report.variant("dynamic-int8").accuracy is None and first.variant("fp16").accuracy is None
+
+
+def test_input_shape_flag_for_torchscript_without_data(examples_dir, tmp_path):
+    report = quantize(examples_dir / "mlp/model.pt", tmp_path,
+                      QuantizeConfig(method="dynamic", input_shape="1,64", repeats=10))
+    assert report.inputs == [{"name": "x", "shape": [64], "dtype": "float32"}]
+    assert not report.accuracy_measured and report.variant("dynamic-int8").within_budget
+
+
+def test_torchscript_without_any_shape_is_a_usage_error(examples_dir, tmp_path):
+    with pytest.raises(UserError, match="--input-shape"):
+        quantize(examples_dir / "mlp/model.pt", tmp_path, FAST)
+
+
+def test_calibration_data_of_the_wrong_shape(examples_dir, tmp_path):
+    with pytest.raises(UserError, match="does not accept inputs|expects"):
+        quantize(examples_dir / "mlp/model.pt", tmp_path, FAST, calibration_path=examples_dir / "cnn/calibration.npz")
+    with pytest.raises(UserError, match="expects"):
+        quantize(examples_dir / "cnn/model.pt2", tmp_path, FAST, calibration_path=examples_dir / "mlp/calibration.npz")
+
+
+def test_static_needs_calibration(examples_dir, tmp_path):
+    with pytest.raises(UserError, match="--calibration-data"):
+        quantize(examples_dir / "cnn/model.pt2", tmp_path, QuantizeConfig(method="static"))
+
+
+def test_config_validation():
+    for bad in ({"method": "int4"}, {"calibration_methods": ("bogus",)}, {"max_accuracy_drop": -1}):
+        with pytest.raises(UserError):
+            QuantizeConfig(**bad)
