@@ -50,7 +50,7 @@ def split(outputs: Arrays, rows: list[int]) -> list[Arrays]:
         if arr.ndim == 0 or arr.shape[0] != total:
             raise ValueError(f"output {name!r} has shape {list(arr.shape)}, expected {total} rows to split")
     bounds = np.cumsum([0, *rows])
-    return [{k: v[a:b] for k, v in outputs.items()} for a, b in zip(bounds[:-1], bounds[1:])]
+    return [{k: v[a:b] for k, v in outputs.items()} for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 @dataclass
@@ -178,7 +178,7 @@ class Batcher:
             return
         if self._on_batch:
             self._on_batch(sum(rows), len(batch), time.monotonic() - start)
-        for item, part in zip(batch, parts):
+        for item, part in zip(batch, parts, strict=True):
             _resolve(item.future, result=part)
 
 

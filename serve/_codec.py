@@ -139,7 +139,10 @@ def _decode_tensor(tensor: RequestInput, spec: TensorSpec) -> np.ndarray:
     if dtype is None:
         raise InferError(400, f"input {name!r} has datatype {spec.datatype}, which this server cannot decode")
     shape = tensor.shape
-    if len(shape) != len(spec.shape) or any(d < 0 or (s != -1 and d != s) for d, s in zip(shape, spec.shape)):
+    fits = len(shape) == len(spec.shape) and all(
+        d >= 0 and s in (-1, d) for d, s in zip(shape, spec.shape, strict=True)
+    )
+    if not fits:
         raise InferError(400, f"input {name!r} has shape {shape}, the model expects {_fmt(spec.shape)}")
     count = math.prod(shape)
     try:

@@ -21,8 +21,15 @@ from optimize.repository import MANIFEST_FILE, MODEL_FILE, Manifest, list_versio
 from serve import _session
 from serve._batching import Batcher, Overloaded, Retired
 from serve._codec import (
-    InferenceRequest, InferenceResponse, InferError, ModelMetadata, batchable, check_requested, decode_inputs,
-    encode_outputs, metadata_tensors,
+    InferenceRequest,
+    InferenceResponse,
+    InferError,
+    ModelMetadata,
+    batchable,
+    check_requested,
+    decode_inputs,
+    encode_outputs,
+    metadata_tensors,
 )
 from serve._stats import RollingStats
 from serve.config import ModelConfig
@@ -132,7 +139,7 @@ class ModelRuntime:
         can_merge = batchable(manifest.inputs, manifest.outputs) and self.cfg.max_batch_size > 1
 
         def run(feeds):
-            return dict(zip(output_names, session.run(output_names, feeds)))
+            return dict(zip(output_names, session.run(output_names, feeds), strict=True))
 
         def on_batch(rows: int, requests: int, seconds: float) -> None:
             self.stats.batch(rows)
@@ -177,7 +184,8 @@ class ModelRuntime:
         loaded = self.versions.get(key) if key else None
         if loaded is None:
             if version in self.failed:
-                raise InferError(404, f"version {version} of model {self.name} failed to load: {self.failed[version][1]}")
+                reason = self.failed[version][1]
+                raise InferError(404, f"version {version} of model {self.name} failed to load: {reason}")
             served = ", ".join(sorted(self.versions, key=int)) or "none"
             raise InferError(404, f"version {version} of model {self.name} is not served (served: {served})")
         return loaded

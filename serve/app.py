@@ -1,0 +1,171 @@
+"""The Ray Serve edge: one application per model (its deployment is its HTTP ingress) plus a small server app.
+
+Layout on the Serve proxy: `/v2/models/<name>` -> application `optiserve.<name>` (deployment `model`,
+the replicas that run onnxruntime), everything else -> application `optiserve` (server metadata,
+health, 404 for unknown models, the OpenAPI document). One hop from proxy to the replica that batches,
+as a plain deployment has. `model_app(args)` and `server_app(args)` are Ray Serve application builders,
+so a generated config file (`modelserve config`) deploys the same thing with `serve deploy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import serve as rs
+
+from serve._http import build_model_app, build_server_app
+from serve._model import ModelRuntime
+from serve.config import ModelConfig
+
+SERVER_APP = "optiserve"
+MODEL_APP_PREFIX = "optiserve."
+MODEL_DEPLOYMENT = "model"
+SERVER_DEPLOYMENT = "server"
+LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+
+
+def model_app_name(model: str) -> str:
+    return MODEL_APP_PREFIX + model
+
+
+def model_route(model: str) -> str:
+    return f"/v2/models/{model}"
+
+
+class RayObserver:
+    """Prometheus metrics through Ray's metrics agent (labels: model, version, code, plus Serve's own)."""
+
+    def __init__(self, model: str) -> None:
+        from ray.serve import metrics
+
+        self.model = model
+        self.requests = metrics.Counter(
+            "optiserve_requests", "Inference requests by model, version and HTTP status code.",
+            tag_keys=("model", "version", "code"),
+        )
+        self.errors = metrics.Counter(
+            "optiserve_errors", "Inference requests answered with an error status.",
+            tag_keys=("model", "version", "code"),
+        )
+        self.latency = metrics.Histogram(
+            "optiserve_request_latency_ms", "Inference latency inside the replica (queue + model), ms.",
+            boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("model", "version"),
+        )
+        self.batch_size = metrics.Histogram(
+            "optiserve_batch_size", "Rows per onnxruntime call.", boundaries=BATCH_BOUNDARIES,
+            tag_keys=("model", "version"),
+        )
+        self.queue_depth = metrics.Gauge(
+            "optiserve_queue_depth", "Requests waiting in the replica's batching queue.", tag_keys=("model", "version")
+        )
+
+    def request(self, version: str, code: int, latency_ms: float) -> None:
+        tags = {"model": self.model, "version": version}
+        self.requests.inc(tags={**tags, "code": str(code)})
+        if code >= 400:
+            self.errors.inc(tags={**tags, "code": str(code)})
+        else:
+            self.latency.observe(latency_ms, tags=tags)
+
+    def batch(self, version: str, rows: int, requests: int) -> None:
+        self.batch_size.observe(rows, tags={"model": self.model, "version": version})
+
+    def queue(self, version: str, depth: int) -> None:
+        self.queue_depth.set(depth, tags={"model": self.model, "version": version})
+
+
+@rs.deployment(name=MODEL_DEPLOYMENT)
+@rs.ingress()
+class ModelServer:
+    """One replica of one model: a warmed-up session per served version, batching, roll-out by polling."""
+
+    async def __init__(
+        self, repository: str, model: str, model_config: dict[str, Any], token_sha256: str | None,
+        max_body_bytes: int, poll_interval_s: float,
+    ) -> None:
+        self.runtime = ModelRuntime(Path(repository), model, ModelConfig(**model_config), observer=RayObserver(model))
+        await asyncio.to_thread(self.runtime.load_initial)
+        self._http = {"token_sha256": token_sha256, "max_body_bytes": max_body_bytes}
+        self._watch = asyncio.get_running_loop().create_task(self.runtime.watch(poll_interval_s))
+
+    def __serve_build_asgi_app__(self):
+        return build_model_app(self.runtime, **self._http)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve's custom-metrics hook: the autoscaling policy sees these per replica."""
+        return self.runtime.autoscaling_stats()
+
+    def check_health(self) -> None:
+        if not self.runtime.versions:
+            raise RuntimeError(f"model {self.runtime.name} has no loaded version")
+
+    async def model_status(self) -> dict[str, Any]:
+        return self.runtime.status()
+
+
+@rs.deployment(name=SERVER_DEPLOYMENT, ray_actor_options={"num_cpus": 0.1})
+@rs.ingress()
+class ServerInfo:
+    async def __init__(self, models: list[str], token_sha256: str | None, max_body_bytes: int) -> None:
+        self.models = list(models)
+        self._http = {"token_sha256": token_sha256, "max_body_bytes": max_body_bytes}
+        self._ready_cache = (0.0, False)
+
+    async def ready(self) -> bool:
+        """Ready when every model application is RUNNING (cached for a second: probes can be frequent)."""
+        checked_at, ok = self._ready_cache
+        if time.monotonic() - checked_at > 1.0:
+            ok = await asyncio.to_thread(_all_running, self.models)
+            self._ready_cache = (time.monotonic(), ok)
+        return ok
+
+    def __serve_build_asgi_app__(self):
+        return build_server_app(lambda: self.models, self.ready, **self._http)
+
+
+def _all_running(models: list[str]) -> bool:
+    apps = rs.status().applications
+    return all(
+        (app := apps.get(model_app_name(m))) is not None and str(app.status).endswith("RUNNING") for m in models
+    )
+
+
+def deployment_options(cfg: ModelConfig, autoscaling: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ray Serve options of a model's deployment: resources, replicas or autoscaling, queue bounds."""
+    opts: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": cfg.cpus, "num_gpus": cfg.gpus},
+        # Let enough requests reach a replica to fill batches; the replica's own bounded queue answers
+        # 503 beyond max_queue, and Serve's handle queue is bounded too, so nothing queues without limit.
+        "max_ongoing_requests": cfg.max_queue + 2 * cfg.max_batch_size,
+        "max_queued_requests": cfg.max_queue,
+        "graceful_shutdown_timeout_s": 10,
+        "health_check_period_s": 5,
+    }
+    scaling = autoscaling or cfg.autoscaling
+    if scaling:
+        opts["autoscaling_config"] = scaling
+    else:
+        opts["num_replicas"] = cfg.num_replicas
+    return opts
+
+
+def model_app(args: dict[str, Any]):
+    """Ray Serve application builder for one model (import path `serve.app:model_app`)."""
+    cfg = ModelConfig(**args.get("model_config", {}))
+    options = deployment_options(cfg, args.get("autoscaling_config"))
+    return ModelServer.options(**options).bind(
+        str(args["repository"]), args["model"], cfg.model_dump(), args.get("token_sha256"),
+        int(args.get("max_body_bytes", 8 << 20)), float(args.get("poll_interval_s", 5.0)),
+    )
+
+
+def server_app(args: dict[str, Any]):
+    """Ray Serve application builder for the server app (import path `serve.app:server_app`)."""
+    options = {"ray_actor_options": {"num_cpus": float(args.get("ingress_cpus", 0.1))}}
+    return ServerInfo.options(**options).bind(
+        list(args["models"]), args.get("token_sha256"), int(args.get("max_body_bytes", 8 << 20))
+    )
