@@ -1,0 +1,131 @@
+"""The Ray Serve adapter: config shape (unit) and a real deployment scaling up and down (ray, slow)."""
+
+import concurrent.futures as cf
+import socket
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from autoscale import metrics as m
+from autoscale.ray_adapter import POLICY_FUNCTION, OptiservePolicy, build_autoscaling_config
+from optimize._errors import UserError
+
+
+@pytest.mark.parametrize("policy", ["queue", "target-tracking", "slo", "predictive"])
+def test_config_is_accepted_by_ray_serve(policy):
+    from ray.serve.config import AutoscalingConfig
+
+    d = build_autoscaling_config(policy, None, 1, 6, capacity_rps_per_replica=None, initial_replicas=2)
+    cfg = AutoscalingConfig(**d)
+    assert cfg.policy.policy_function == POLICY_FUNCTION and cfg.max_replicas == 6
+    assert cfg.upscale_delay_s == 0 and cfg.initial_replicas == 2
+    assert cfg.policy.policy_kwargs["policy"] == policy
+    with pytest.raises(UserError):
+        build_autoscaling_config(policy, None, 1, 6, no_such_setting=3)
+
+
+def _ctx(**kw):
+    base = dict(current_num_replicas=2, target_num_replicas=2, total_num_requests=30.0, total_queued_requests=0.0,
+                aggregated_metrics={m.ARRIVAL_RATE_RPS: {"r1": 40.0, "r2": 50.0}, m.LATENCY_P95_MS: {"r1": 20.0}},
+                capacity_adjusted_min_replicas=1, capacity_adjusted_max_replicas=10, policy_state={},
+                current_time=100.0)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_policy_reads_serve_metrics_and_keeps_its_state():
+    d = build_autoscaling_config("slo", None, 1, 10, capacity_rps_per_replica=10.0, headroom=0.0,
+                                 slo_p95_ms=1000.0)
+    policy = OptiservePolicy(**d["policy"]["policy_kwargs"])
+    desired, state = policy(_ctx())
+    assert desired == 9  # 90 req/s summed over replicas / 10 per replica
+    desired, _ = policy(_ctx(aggregated_metrics={m.ARRIVAL_RATE_RPS: {"r1": 5.0}}, policy_state=state,
+                             total_num_requests=1.0, current_time=101.0))
+    assert desired == 9  # scale-down waits out downscale_delay_s, using the state from the last call
+
+
+# ---------------------------------------------------------------- real Ray Serve (integration)
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def serve_port():
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    env = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+           "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
+    ray.init(address="local", num_cpus=8, include_dashboard=False, runtime_env={"env_vars": env},
+             log_to_driver=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _running(app: str, name: str) -> int:
+    from ray import serve
+
+    dep = serve.status().applications[app].deployments[name]
+    return int(dep.replica_states.get("RUNNING", 0))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_adapter_scales_a_real_deployment_up_and_down(serve_port):
+    import httpx
+    from ray import serve
+
+    cfg = build_autoscaling_config("slo", None, 1, 4, capacity_rps_per_replica=8.0, slo_p95_ms=500.0,
+                                   downscale_delay_s=3.0, look_back_period_s=2.0, metrics_interval_s=0.5)
+
+    @serve.deployment(max_ongoing_requests=1, ray_actor_options={"num_cpus": 0.5}, autoscaling_config=cfg)
+    class Sleeper:
+        def __init__(self):
+            self.done: list[float] = []
+            self.ongoing = 0
+
+        def __call__(self, request) -> str:
+            self.ongoing += 1
+            time.sleep(0.1)
+            self.ongoing -= 1
+            self.done.append(time.time())
+            return "ok"
+
+        def record_autoscaling_stats(self) -> dict:
+            now = time.time()
+            self.done = [t for t in self.done if now - t < 2.0]
+            return {m.ONGOING: self.ongoing, m.QUEUE_LEN: 0.0, m.ARRIVAL_RATE_RPS: len(self.done) / 2.0,
+                    m.LATENCY_P95_MS: 100.0}
+
+    serve.run(Sleeper.bind(), name="adapter_test", route_prefix="/sleep")
+    url = f"http://127.0.0.1:{serve_port}/sleep"
+    stop = threading.Event()
+
+    def client():
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                c.get(url)
+
+    peak = 1
+    with cf.ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(client) for _ in range(12)]
+        deadline = time.time() + 60
+        while time.time() < deadline and peak < 3:
+            time.sleep(1)
+            peak = max(peak, _running("adapter_test", "Sleeper"))
+        stop.set()
+        for f in futures:
+            f.result()
+    assert peak >= 3, "the custom policy did not scale up under load"
+    deadline, now_running = time.time() + 60, peak
+    while time.time() < deadline and now_running > 1:
+        time.sleep(1)
+        now_running = _running("adapter_test", "Sleeper")
+    assert now_running == 1, "the custom policy did not scale back down when load stopped"
