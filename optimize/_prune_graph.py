@@ -1,0 +1,196 @@
+"""Turn the user's model into an `nn.Module` that Torch-Pruning can analyse.
+
+Torch-Pruning's DependencyGraph finds prunable layers by module type (nn.Linear, nn.Conv2d, BatchNorm, ...).
+A torch.export program's `module()` has none: its graph calls `aten.linear(x, weight, bias)` on bare
+parameters, and `torch.export.unflatten` only gives InterpreterModules. So we rebuild real layers from the
+exported graph ("modulize"): every `aten.linear` / `aten.convNd` / `aten.batch_norm` / `aten.layer_norm` whose
+weights are graph attributes becomes a call to an nn.Linear / nn.ConvNd / nn.BatchNormNd / nn.LayerNorm named
+after the original PyTorch module (`features.0`), holding the same tensors. Everything else in the graph
+(residual adds, flatten, pooling, activations) stays as it is, and Torch-Pruning follows it through autograd.
+TorchScript modules are opaque to this and cannot be pruned.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+
+from optimize._errors import UserError
+from optimize.loading import SourceModel
+
+_aten = torch.ops.aten
+_CONVS = {_aten.conv1d.default: nn.Conv1d, _aten.conv2d.default: nn.Conv2d, _aten.conv3d.default: nn.Conv3d}
+_BATCHNORMS = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def prunable_module(source: SourceModel) -> nn.Module:
+    """A fresh, independent nn.Module for `source` that Torch-Pruning can prune (refusing what it cannot)."""
+    if source.kind == "exported":
+        return modulize(source.program.module())
+    if source.kind == "pickle":
+        return copy.deepcopy(source.module).eval()
+    what = "a TorchScript module" if source.kind == "torchscript" else "an ONNX model"
+    raise UserError(
+        f"{source.path.name} is {what}, whose layers cannot be pruned (they are compiled, not nn.Modules): give "
+        "the torch.export .pt2 of the model (torch.export.save(torch.export.export(model, (example,)), "
+        "'model.pt2')), or a pickled nn.Module with --allow-pickle"
+    )
+
+
+def _tensor(gm: nn.Module, node: fx.Node | None) -> torch.Tensor | None:
+    if node is None:
+        return None
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        raise _Keep()
+    return gm.get_parameter(node.target) if _is_param(gm, node.target) else gm.get_buffer(node.target)
+
+
+def _is_param(gm: nn.Module, target: str) -> bool:
+    try:
+        gm.get_parameter(target)
+        return True
+    except AttributeError:
+        return False
+
+
+class _Keep(Exception):
+    """This call cannot become a module (its weights are computed, not stored); leave it functional."""
+
+
+def _layer(gm: nn.Module, node: fx.Node) -> tuple[nn.Module, fx.Node, list[fx.Node]] | None:
+    """(new module, its input node, the get_attr nodes it absorbs) for a call we can turn into a layer."""
+    args = list(node.args) + [None] * 9
+    target = node.target
+    if target == _aten.linear.default:
+        w, b = _tensor(gm, args[1]), _tensor(gm, args[2])
+        layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+    elif target in _CONVS:
+        w, b = _tensor(gm, args[1]), _tensor(gm, args[2])
+        stride, padding, dilation = (args[i] if args[i] is not None else d for i, d in ((3, 1), (4, 0), (5, 1)))
+        groups = args[6] if args[6] is not None else 1
+        if isinstance(padding, str):
+            raise _Keep()
+        layer = _CONVS[target](w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=stride, padding=padding,
+                               dilation=dilation, groups=groups, bias=b is not None)
+    elif target == _aten.batch_norm.default and args[5] is False:
+        w, b = _tensor(gm, args[1]), _tensor(gm, args[2])
+        mean, var = _tensor(gm, args[3]), _tensor(gm, args[4])
+        val = args[0].meta.get("val") if isinstance(args[0], fx.Node) else None
+        cls = _BATCHNORMS.get(val.dim() if val is not None else 4, nn.BatchNorm2d)
+        layer = cls(mean.shape[0], eps=args[7], momentum=args[6], affine=w is not None)
+        layer.running_mean, layer.running_var = mean.detach().clone(), var.detach().clone()
+    elif target == _aten.layer_norm.default:
+        w, b = _tensor(gm, args[2]), _tensor(gm, args[3])
+        layer = nn.LayerNorm(list(args[1]), eps=args[4] if args[4] is not None else 1e-5,
+                             elementwise_affine=w is not None, bias=b is not None)
+    else:
+        return None
+    with torch.no_grad():
+        if w is not None:
+            layer.weight.copy_(w)
+        if b is not None:
+            layer.bias.copy_(b)
+    absorbed = [a for a in node.args[1:] if isinstance(a, fx.Node) and a.op == "get_attr"]
+    return layer, node.args[0], absorbed
+
+
+def modulize(gm: fx.GraphModule) -> fx.GraphModule:
+    """Rebuild an exported program's module with real nn layers (see the module docstring)."""
+    graph = fx.Graph()
+    output = graph.graph_copy(gm.graph, {})
+    graph.output(output)
+    graph._codegen = copy.deepcopy(gm.graph._codegen)  # pytree in/out specs: same call signature and outputs
+    layers: dict[str, nn.Module] = {}
+    uses: dict[str, int] = {}
+    for node in graph.nodes:  # weights used by two calls (tied) must stay shared, so stay functional
+        if node.op == "get_attr":
+            uses[node.target] = len(node.users)
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target.startswith("_guards"):
+            graph.erase_node(node)  # export-time input checks; they reference the original shapes
+            continue
+        if node.op != "call_function":
+            continue
+        try:
+            made = _layer(gm, node)
+        except _Keep:
+            continue
+        if made is None:
+            continue
+        layer, inp, absorbed = made
+        weight_target = absorbed[0].target if absorbed else ""
+        name = weight_target.rsplit(".", 1)[0] if "." in weight_target else weight_target or node.name
+        if name in layers or any(uses.get(a.target, 0) > 1 for a in absorbed):
+            continue
+        layers[name] = layer
+        with graph.inserting_before(node):
+            call = graph.call_module(name, (inp,))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+    for node in list(graph.nodes):  # weights now held by the new layers
+        if node.op == "get_attr" and not node.users:
+            graph.erase_node(node)
+    if not layers:
+        raise UserError(
+            "found no Linear/Conv layers to prune in the exported program (was it decomposed with "
+            "run_decompositions?); save the program straight from torch.export.export"
+        )
+    root = nn.Module()
+    for name, layer in layers.items():
+        _set(root, name, layer)
+    for node in graph.nodes:
+        if node.op == "get_attr" and not _has(root, node.target):
+            value = gm.get_parameter(node.target) if _is_param(gm, node.target) else gm.get_buffer(node.target)
+            _set(root, node.target, nn.Parameter(value.detach().clone(), value.requires_grad)
+                 if isinstance(value, nn.Parameter) else value.detach().clone())
+    out = fx.GraphModule(root, graph)
+    return out.eval()
+
+
+def _has(root: nn.Module, target: str) -> bool:
+    try:
+        root.get_submodule(target)
+        return True
+    except AttributeError:
+        pass
+    parent, _, leaf = target.rpartition(".")
+    try:
+        return hasattr(root.get_submodule(parent), leaf)
+    except AttributeError:
+        return False
+
+
+def _set(root: nn.Module, target: str, value) -> None:
+    parts = target.split(".")
+    mod = root
+    for part in parts[:-1]:
+        if not hasattr(mod, part):
+            mod.add_module(part, nn.Module())
+        mod = getattr(mod, part)
+    if isinstance(value, nn.Module):
+        mod.add_module(parts[-1], value)
+    elif isinstance(value, nn.Parameter):
+        mod.register_parameter(parts[-1], value)
+    else:
+        mod.register_buffer(parts[-1], value)
+
+
+def output_layers(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[str]:
+    """Names of prunable layers whose output is (a view of) the model's output: their width is the model's
+    output width (classes, regression targets), so they must never be pruned."""
+    produced: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=name: produced.__setitem__(n, o))
+             for name, m in model.named_modules() if isinstance(m, PRUNABLE)]
+    try:
+        with torch.no_grad():
+            out = model(*example)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs = out if isinstance(out, tuple | list) else (out,)
+    ptrs = {o.untyped_storage().data_ptr() for o in outs if isinstance(o, torch.Tensor)}
+    return [n for n, t in produced.items() if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in ptrs]
