@@ -132,15 +132,16 @@ def to_markdown(report: QuantizeReport) -> str:
 
 
 def print_table(report: QuantizeReport) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from optimize._console import console as make_console
 
     table = Table(title=f"{Path(report.source['path']).name}: variants (chosen: {report.chosen or 'none'})")
     for col in COLUMNS:
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in rows(report):
         table.add_row(*r)
-    console = Console(width=None if Console().is_terminal else 160)  # logs and CI: don't squash columns
+    console = make_console()
     console.print(table)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")

@@ -18,11 +18,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
-
+    from optimize._console import console as make_console
     from optimize.examples import EXAMPLES, build_example
 
-    console = Console()
+    console = make_console()
     for name in args.only or EXAMPLES:
         with console.status(f"training digits {name} ..."):
             info = build_example(name, args.out)

@@ -40,8 +40,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
-
+    from optimize._console import console as make_console
     from optimize.quantize import QuantizeConfig, quantize
     from optimize.report import print_table
     from optimize.repository import publish
@@ -51,7 +50,7 @@ def run(args) -> int:
         per_channel=not args.no_per_channel, max_accuracy_drop=args.max_accuracy_drop, threads=args.threads,
         repeats=args.repeats, input_shape=args.input_shape, allow_pickle=args.allow_pickle,
     )
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     with console.status("starting") as status:
         report = quantize(args.model, args.out, config, calibration_path=args.calibration_data,
                           eval_path=args.eval_data, progress=lambda msg: status.update(msg))
