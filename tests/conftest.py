@@ -17,7 +17,16 @@ def examples_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path, monkeypatch):
-    """Keep every test's records (SQLite, cluster files) out of the user's ~/.optiserve."""
-    monkeypatch.setenv("OPTISERVE_STATE_DIR", str(tmp_path / "state"))
+@pytest.fixture(scope="session", autouse=True)
+def _state_dir(tmp_path_factory):
+    """Keep the suite's records (SQLite, cluster files) out of the user's ~/.optiserve. Session-scoped, so
+    module-scoped fixtures (a shared Ray cluster) and the tests using them see the same state directory."""
+    import os
+
+    previous = os.environ.get("OPTISERVE_STATE_DIR")
+    os.environ["OPTISERVE_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if previous is None:
+        os.environ.pop("OPTISERVE_STATE_DIR", None)
+    else:
+        os.environ["OPTISERVE_STATE_DIR"] = previous
