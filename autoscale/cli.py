@@ -46,6 +46,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", help="model profile JSON or optimize report (default: the shipped profile)")
     p.add_argument("--policy-config", action="append", default=[], metavar="NAME=FILE",
                    help="YAML config for a policy (repeatable); plain FILE applies to the simulated policy")
+    p.add_argument("--max-batch-size", type=int, help="override the profile's serving batch size limit")
+    p.add_argument("--batch-wait-ms", type=float, help="override the profile's batch wait")
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
@@ -103,10 +105,14 @@ def _trace(spec: str, args) -> Trace:
 
 def _profile(args) -> ModelProfile:
     if args.profile:
-        return ModelProfile.load(args.profile)
-    if not DEFAULT_PROFILE.is_file():
+        prof = ModelProfile.load(args.profile)
+    elif DEFAULT_PROFILE.is_file():
+        prof = ModelProfile.load(DEFAULT_PROFILE)
+    else:
         raise UserError("no --profile given and no shipped default; run `autoscale profile MODEL.onnx --out p.json`.")
-    return ModelProfile.load(DEFAULT_PROFILE)
+    changes = {k: v for k, v in (("max_batch_size", args.max_batch_size), ("batch_wait_ms", args.batch_wait_ms))
+               if v is not None}
+    return ModelProfile.from_dict({**prof.to_dict(), **changes}) if changes else prof
 
 
 def _config_paths(args, default_policy: str | None) -> dict[str, str]:
@@ -209,7 +215,7 @@ def _profile_cmd(args, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 140)
     handlers = {"simulate": _simulate, "compare": _compare, "profile": _profile_cmd}
     return run_cli(lambda: handlers[args.command](args, console))
 

@@ -52,7 +52,7 @@ def main() -> None:
         model = export_bench_model(out / "cnn.onnx")
         profile = str(out / "profile.json")
         autoscale_main(["profile", str(model), "--out", profile, "--batch-sizes", "1,2,4,8,16",
-                        "--replica-start-s", "10", "--max-batch-size", "8", "--batch-wait-ms", "2"])
+                        "--replica-start-s", "10", "--max-batch-size", "1", "--batch-wait-ms", "0"])
     t0 = time.perf_counter()
     autoscale_main(["compare", "--trace", "step,spike,diurnal", "--duration-s", str(args.duration_s),
                     "--trace-param", f"peak_rps={args.peak_rps}", "--profile", profile,

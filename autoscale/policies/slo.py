@@ -3,8 +3,8 @@
 capacity_rps_per_replica is the throughput one replica sustains while meeting the objective, taken from
 the model's measured latency-versus-batch-size curve (`ModelProfile.capacity_rps`; set it directly or give
 `profile_path`). desired = rate x (1 + headroom) / capacity, with two reactive backstops: Little's law on
-the ongoing requests (a backlog the rate alone misses) and one extra replica while the observed p95 is
-over the objective. Scale-up is immediate; scale-down waits until the lower need held for
+the ongoing requests (a backlog the rate alone misses) and, if `latency_feedback`, one extra replica while the
+observed p95 is over the objective. Scale-up is immediate; scale-down waits until the lower need held for
 `downscale_delay_s` (max over the window). Without a capacity, falls back to ongoing / 2 per replica.
 """
 
@@ -23,9 +23,10 @@ class SloPolicyConfig(PolicyConfig):
     slo_p95_ms: float = 50.0
     capacity_rps_per_replica: float | None = None
     profile_path: str | None = None
-    headroom: float = 0.15
+    headroom: float = 0.25
     downscale_delay_s: float = 60.0
-    latency_feedback: bool = True
+    latency_feedback: bool = False  # +1 replica while observed p95 > objective (off: runs away when
+    # the latency comes from batch size, not from queueing)
     fallback_ongoing_per_replica: float = 2.0
     look_back_period_s: float = 12.0
 
