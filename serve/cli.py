@@ -1,0 +1,177 @@
+"""`modelserve`: serve a model repository on Ray Serve (start, status, stop, config). Thin: parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from optimize._errors import UserError, run_cli
+
+EPILOG = """examples:
+  modelserve start --repository build/repo --port 8000
+  curl -s localhost:8000/v2/models/mlp
+  modelserve status
+  modelserve stop
+  modelserve config --repository /shared/repo -o serve_config.yaml && serve deploy serve_config.yaml
+"""
+
+
+def _command(subparsers, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name, help=help, description=help, epilog="examples:\n" + epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelserve", description="Serve the ONNX models of a model repository over KServe v2 REST on Ray Serve.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    start = _command(sub, "start", "deploy every model of a repository and print the URLs", (
+        "  modelserve start --repository build/repo\n"
+        "  modelserve start --repository build/repo --config serve.yaml --port 8080\n"
+        "  modelserve start --repository build/repo --autoscaling-policy queue --autoscaling-config policy.yaml \\\n"
+        "      --min-replicas 1 --max-replicas 4\n"
+        "The server keeps running after this command returns (on a local Ray started on demand, or --address).\n"
+    ))
+    start.add_argument("--repository", required=True, help="model repository folder (REPO/<model>/<version>/)")
+    start.add_argument("--config", help="YAML serving config (batching, replicas, devices, token); see README")
+    start.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
+    start.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    start.add_argument("--address", help="existing Ray cluster to join (default: RAY_ADDRESS or a local one)")
+    start.add_argument("--autoscaling-policy", help="autoscale/ policy name for every model's deployment")
+    start.add_argument("--autoscaling-config", help="YAML/JSON parameters of that policy")
+    start.add_argument("--min-replicas", type=int, default=1)
+    start.add_argument("--max-replicas", type=int, default=4)
+    start.set_defaults(func=_start)
+
+    status = _command(sub, "status", "show models, versions, replicas and their state",
+                      "  modelserve status\n  modelserve status --json\n")
+    status.add_argument("--address", help="Ray cluster (default: the one `start` used)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(func=_status)
+
+    stop = _command(sub, "stop", "shut the application down (and the local Ray that `start` began)",
+                    "  modelserve stop\n")
+    stop.add_argument("--address", help="Ray cluster (default: the one `start` used)")
+    stop.add_argument("--keep-ray", action="store_true", help="leave the local Ray cluster running")
+    stop.set_defaults(func=_stop)
+
+    config = _command(sub, "config", "write a Ray Serve config file that deploys the same application", (
+        "  modelserve config --repository /shared/repo -o serve_config.yaml\n"
+        "  serve deploy serve_config.yaml       # on any Ray cluster whose nodes see /shared/repo\n"
+    ))
+    config.add_argument("--repository", required=True)
+    config.add_argument("--config", help="YAML serving config")
+    config.add_argument("--host", default="127.0.0.1")
+    config.add_argument("--port", type=int, default=8000)
+    config.add_argument("-o", "--out", help="output file (default: stdout)")
+    config.set_defaults(func=_config)
+    return parser
+
+
+def _start(args: argparse.Namespace) -> int:
+    from serve import start_app
+
+    if args.autoscaling_config and not args.autoscaling_policy:
+        raise UserError("--autoscaling-config needs --autoscaling-policy")
+    info = start_app(
+        args.repository, host=args.host, port=args.port, config_path=args.config,
+        autoscaling_policy=args.autoscaling_policy, autoscaling_config=args.autoscaling_config,
+        address=args.address, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+    )
+    for name, version in sorted(info.models.items()):
+        print(f"serving {name} (version {version}) at {info.urls[name]}")
+    for name, reason in sorted(info.skipped.items()):
+        print(f"not serving {name}: {reason}", file=sys.stderr)
+    print(f"server metadata: {info.urls['server']}   OpenAPI: {info.urls['openapi']}   docs: {info.urls['docs']}")
+    print(f"Ray cluster: {info.address}   stop with: modelserve stop")
+    return 0
+
+
+def _connect_existing(address: str | None) -> bool:
+    """Join the cluster `start` used; False when none is known or reachable."""
+    import os
+
+    import ray
+
+    from serve._deploy import recorded_app
+
+    address = address or os.environ.get("RAY_ADDRESS") or getattr(recorded_app(), "address", None)
+    if not address:
+        return False
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except Exception:  # noqa: BLE001 - ray raises several types for an unreachable cluster
+        return False
+    return True
+
+
+def _status(args: argparse.Namespace) -> int:
+    if not _connect_existing(args.address):
+        raise UserError("no running server found: start one with `modelserve start --repository REPO`")
+    from serve import status
+
+    try:
+        report = status()
+    except Exception:  # noqa: BLE001 - Serve not running on that cluster
+        raise UserError("Ray is running but Serve is not: start it with `modelserve start`") from None
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    if not report:
+        print("no models are deployed")
+    for model, entry in sorted(report.items()):
+        reps = entry.get("replicas", {})
+        print(f"{model}: {entry.get('app_status')}  default version {entry.get('default_version')}  "
+              f"versions {','.join(entry.get('versions', []))}  replicas running {reps.get('running', 0)} "
+              f"starting {reps.get('starting', 0)} stopping {reps.get('stopping', 0)}")
+        for version, reason in entry.get("failed_versions", {}).items():
+            print(f"  version {version} failed to load: {reason}")
+        if entry.get("error"):
+            print(f"  error: {entry['error']}")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from optimize.ray_cluster import stop_cluster
+    from serve import stop_app
+
+    if _connect_existing(args.address):
+        try:
+            stop_app()
+            print("Serve application stopped")
+        except Exception:  # noqa: BLE001 - nothing to stop is fine
+            print("Serve was not running")
+    if not args.keep_ray and not args.address and stop_cluster():
+        print("local Ray cluster stopped")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from serve import load_config, serve_config
+
+    text = yaml.safe_dump(serve_config(args.repository, load_config(args.config), host=args.host, port=args.port),
+                          sort_keys=False)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text)
+        print(f"wrote {args.out}; deploy it with: serve deploy {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
