@@ -134,13 +134,18 @@ class TraceShape(LoadTestShape):
         return users, users
 
     def _breached(self, t: float) -> bool:
+        """Over --abort-p95-ms, or saturated (under 60% of the window's demand answered): stop early."""
         opts = self.runner.environment.parsed_options
         if opts.abort_p95_ms <= 0 or t < self._next_check:
             return False
-        self._next_check = t + opts.abort_window_s
         window, _state["window"] = _state["window"], []
-        if len(window) < 5:
+        t0, self._next_check = self._next_check - opts.abort_window_s, t + opts.abort_window_s
+        trace = _state["trace"]
+        expected = sum(trace.rate_at(t0 + (i + 0.5) * (t - t0) / 20) for i in range(20)) * (t - t0) / 20
+        if t0 < 0 or expected < 20:
             return False
+        if len(window) < 0.6 * expected:
+            return True
         window.sort()
         return window[int(0.95 * (len(window) - 1))] > opts.abort_p95_ms
 
