@@ -13,6 +13,8 @@ from optimize._errors import run_cli
 COMMAND_MODULES = [
     "optimize.commands.example",
     "optimize.commands.quantize",
+    "optimize.commands.prune",
+    "optimize.commands.sweep",
 ]
 
 EPILOG = """examples:
