@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bodies(r)
     r.add_argument("--address", help="Ray cluster to read replica counts from (default: the recorded app's)")
     r.add_argument("--no-replicas", action="store_true", help="do not sample replica counts from Ray Serve")
-    r.add_argument("--users-per-rps", type=float, default=0.5, help="Locust users per req/s of peak (0.5)")
+    r.add_argument("--users-per-rps", type=float, default=1.0, help="Locust users per req/s of peak (1.0)")
     r.add_argument("--out", default="build/loadtest/run", help="report folder (default build/loadtest/run)")
     r.set_defaults(func=_run)
 
@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch-wait-ms", type=float, default=2.0)
     v.add_argument("--profile", help="model profile for the simulator (default: measured from model.onnx)")
     v.add_argument("--replica-start-s", type=float, default=3.0, help="replica start time for the simulator")
+    v.add_argument("--no-calibrate", action="store_true",
+                   help="simulate with onnxruntime's latency alone (default: add the measured HTTP overhead)")
     _add_trace(v, "step", "2m")
     _add_objectives(v)
     _add_bodies(v)
@@ -178,7 +180,7 @@ def _validate(args) -> int:
     from optimize.repository import list_versions, version_dir
 
     from ._serve_probe import connect_ray, replica_sampler, start_model, stop_model, write_serve_config
-    from .live import bodies_for, run_live
+    from .live import bodies_for, calibrate_profile, run_live
     from .result import Objectives
     from .validation import compare, validation_html
 
@@ -206,6 +208,10 @@ def _validate(args) -> int:
                           policy_config=args.policy_config, min_replicas=args.min_replicas,
                           max_replicas=args.max_replicas)
         bodies = bodies_for(url, args.model, repository=args.repository, samples_path=args.samples, seed=args.seed)
+        overhead = 0.0
+        if not args.no_calibrate:
+            profile, overhead = calibrate_profile(profile, url, args.model, bodies)
+            print(f"simulator profile: +{overhead:.1f} ms measured serving overhead per batch")
         live = run_live(url, args.model, trace, out / "live", objectives=objectives, bodies=bodies,
                         sampler=replica_sampler(args.model), replica_kind=args.replica_kind, cost_model=cost,
                         policy=args.policy, seed=args.seed)
@@ -216,7 +222,7 @@ def _validate(args) -> int:
                              slo_p95_ms=objectives.slo_p95_ms, replica_kind=args.replica_kind, seed=args.seed,
                              timeseries_step_s=1.0), cost)
     sim.save(out / "simulated.json")
-    v = compare(live, sim, args.policy)
+    v = compare(live, sim, args.policy, overhead)
     v.save(out / "validation.json")
     (out / "validation.html").write_text(validation_html(v, live))
     _print_validation(v, out)

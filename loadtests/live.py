@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from autoscale.cost import CostModel
@@ -37,7 +38,7 @@ def bodies_for(url: str, model: str, *, repository: str | Path | None = None, ve
 def run_live(url: str, model: str, trace: Trace, out_dir: str | Path, *, objectives: Objectives,
              bodies: list[dict], sampler: Sampler | None = None, replica_kind: str = "cpu-1",
              cost_model: CostModel | None = None, policy: str | None = None, seed: int = 0,
-             users_per_rps: float = 0.5, show_progress: bool = True) -> LoadTestResult:
+             users_per_rps: float = 1.0, show_progress: bool = True) -> LoadTestResult:
     """Play `trace` against the model, write results.json, CSVs and report.html into `out_dir`."""
     out = Path(out_dir)
     if show_progress:
@@ -59,3 +60,34 @@ def run_live(url: str, model: str, trace: Trace, out_dir: str | Path, *, objecti
                           cost_model, target_rps=trace.rate_at)
     write_run_report(result, out)
     return result
+
+
+def calibrate_profile(profile, url: str, model: str, bodies: list[dict], n: int = 30):
+    """The profile with the served path's per-request overhead (HTTP, proxy, routing) added to every batch.
+
+    The simulator otherwise sees only onnxruntime's time. Overhead = median unloaded latency over HTTP minus
+    the profile's batch-1 latency (never negative). Returns (calibrated profile, overhead_ms).
+    """
+    import json
+    import statistics
+
+    import httpx
+
+    from autoscale.profile import ModelProfile
+
+    samples = []
+    with httpx.Client(timeout=30) as client:
+        for i in range(n + 3):
+            body = json.dumps(bodies[i % len(bodies)])
+            t = time.perf_counter()
+            r = client.post(f"{url}/v2/models/{model}/infer", content=body,
+                            headers={"Content-Type": "application/json"})
+            if r.status_code == 200 and i >= 3:  # the first few warm connections and caches
+                samples.append((time.perf_counter() - t) * 1000.0)
+    if not samples:
+        raise UserError(f"model {model} at {url} answered no inference request; cannot calibrate the simulator.")
+    overhead = max(0.0, statistics.median(samples) - float(profile.latency_ms(1)))
+    curve = {b: v + overhead for b, v in profile.batch_latency_ms.items()}
+    notes = {**profile.notes, "http_overhead_ms": round(overhead, 3)}
+    return ModelProfile(curve, profile.replica_start_s, profile.max_batch_size, profile.batch_wait_ms,
+                        profile.source + " + measured HTTP overhead", notes), overhead

@@ -48,7 +48,7 @@ def _add_arguments(parser) -> None:
                    help="JSON list of request bodies; default: random inputs from the model's metadata")
     g.add_argument("--record", env_var="LOADTEST_RECORD", default="",
                    help="CSV to append every request to: start_unix_s,latency_ms,ok,error")
-    g.add_argument("--users-per-rps", env_var="LOADTEST_USERS_PER_RPS", type=float, default=0.5,
+    g.add_argument("--users-per-rps", env_var="LOADTEST_USERS_PER_RPS", type=float, default=1.0,
                    help="users per req/s of the trace's peak (more keeps the load open-loop at high latency)")
     g.add_argument("--max-users", env_var="LOADTEST_MAX_USERS", type=int, default=400)
     g.add_argument("--abort-p95-ms", env_var="LOADTEST_ABORT_P95_MS", type=float, default=0.0,

@@ -61,7 +61,8 @@ def run_html(r: LoadTestResult) -> str:
     cfg = [("url", c.url), ("model", c.model), ("shape", c.shape), ("duration (s)", r.duration_s),
            ("trace parameters", ", ".join(f"{k}={v}" for k, v in c.trace_params.items()) or "defaults"),
            ("users (Locust)", c.users), ("policy", c.policy or "as deployed"), ("replica kind", c.replica_kind)]
-    lat = [("requests", s.requests), ("successes", s.successes), ("failures", s.failures),
+    lat = [("requests sent (trace asked for)", f"{s.requests} ({r.target_requests:.0f})"),
+           ("successes", s.successes), ("failures", s.failures),
            ("error rate", s.error_rate), ("achieved (ok/s)", s.achieved_rps), ("mean (ms)", s.mean_ms),
            ("p50 (ms)", s.p50_ms), ("p90 (ms)", s.p90_ms), ("p95 (ms)", s.p95_ms), ("p99 (ms)", s.p99_ms),
            ("max (ms)", s.max_ms)]

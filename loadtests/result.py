@@ -100,6 +100,7 @@ class LoadTestResult:
     slo: SloAttainment | None
     cost: CostBreakdown
     verdict: Verdict
+    target_requests: float = 0.0  # what the trace asked for; much more than summary.requests = generator fell behind
     result_version: int = RESULT_VERSION
 
     def to_dict(self) -> dict:
@@ -125,6 +126,7 @@ class LoadTestResult:
                 slo=SloAttainment(**nan(d["slo"])) if d.get("slo") else None,
                 cost=CostBreakdown(**d["cost"]),
                 verdict=Verdict(v["passed"], [Check(**nan(c)) for c in v["checks"]]),
+                target_requests=d.get("target_requests", 0.0),
                 result_version=d.get("result_version", RESULT_VERSION),
             )
         except (KeyError, TypeError) as exc:
@@ -152,8 +154,10 @@ def build_result(config: RunConfig, objectives: Objectives, records: Records, sa
            if objectives.slo_p95_ms is not None else None)
     misses = slo.slo_misses if slo else summary.failures
     cost = cost_model.cost_of_run(rsum.replica_seconds, config.replica_kind, summary.requests, misses)
+    ts = time_series(records, duration_s, target_rps)
+    target = float(sum(r.target_rps for r in ts if not math.isnan(r.target_rps)))
     return LoadTestResult(
         config=config, objectives=objectives, started_unix_s=started_unix_s, duration_s=duration_s,
-        summary=summary, timeseries=time_series(records, duration_s, target_rps), replicas=list(samples),
-        replica_summary=rsum, slo=slo, cost=cost, verdict=verdict(summary, cost, objectives),
+        summary=summary, timeseries=ts, replicas=list(samples), replica_summary=rsum, slo=slo, cost=cost,
+        verdict=verdict(summary, cost, objectives), target_requests=target,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import ipaddress
+import math
 import os
 import signal
 import subprocess
@@ -62,7 +63,7 @@ class LocustRun:
 
 
 def run_locust(url: str, model: str, trace: Trace, bodies: list[dict], work_dir: str | Path, *,
-               sampler: Sampler | None = None, users_per_rps: float = 0.5, max_users: int = 400,
+               sampler: Sampler | None = None, users_per_rps: float = 1.0, max_users: int = 400,
                abort_p95_ms: float = 0.0, abort_window_s: float = 10.0, startup_timeout_s: float = 60.0,
                grace_s: float = 15.0, seed: int = 0, progress: Callable[[float, float], None] | None = None,
                ) -> LocustRun:
@@ -74,7 +75,7 @@ def run_locust(url: str, model: str, trace: Trace, bodies: list[dict], work_dir:
     record = work / "requests.csv"
     record.unlink(missing_ok=True)
     log_path = work / "locust.log"
-    users = int(min(max(-(-trace.peak_rps * users_per_rps // 1), 2), max_users))
+    users = int(min(max(math.ceil(trace.peak_rps * users_per_rps), 2), max_users))
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url,
            "--model", model, "--trace-file", str(trace_file), "--bodies", str(bodies_file), "--record", str(record),
            "--users-per-rps", str(users_per_rps), "--max-users", str(max_users), "--seed", str(seed),

@@ -51,6 +51,7 @@ class Validation:
     simulated_scaling_actions: int
     simulated_timeseries: dict  # t_s, replicas, latency_p95_ms
     live_verdict_passed: bool
+    profile_overhead_ms: float = 0.0  # per-request serving overhead added to the simulator's profile
 
     def row(self, figure: str) -> Row:
         return next(r for r in self.rows if r.figure == figure)
@@ -71,7 +72,7 @@ class Validation:
         return path
 
 
-def compare(live: LoadTestResult, sim, policy: str) -> Validation:
+def compare(live: LoadTestResult, sim, policy: str, profile_overhead_ms: float = 0.0) -> Validation:
     """`sim` is an autoscale.SimulationResult (or its dict) for the same trace."""
     s = sim if isinstance(sim, dict) else sim.to_dict()
     rows = []
@@ -83,7 +84,7 @@ def compare(live: LoadTestResult, sim, policy: str) -> Validation:
     return Validation(policy, live.config.shape, live.duration_s, rows, live.replica_summary.scale_ups,
                       live.replica_summary.scale_downs, int(s.get("scaling_actions", 0)),
                       {k: list(ts.get(k, [])) for k in ("t_s", "replicas", "latency_p95_ms")},
-                      live.verdict.passed)
+                      live.verdict.passed, profile_overhead_ms)
 
 
 def validation_html(v: Validation, live: LoadTestResult) -> str:
@@ -102,7 +103,8 @@ def validation_html(v: Validation, live: LoadTestResult) -> str:
                       ("p95 latency, simulated / live", f["p95_ratio"]),
                       ("SLO attainment (requests), |simulated - live|", f["attainment_abs_error"]),
                       ("scale-ups / scale-downs live", f"{v.live_scale_ups} / {v.live_scale_downs}"),
-                      ("scaling actions simulated", v.simulated_scaling_actions)])
+                      ("scaling actions simulated", v.simulated_scaling_actions),
+                      ("serving overhead added to the profile (ms per batch)", v.profile_overhead_ms)])
             + img(_plots.validation_overlay(live, sim_series), "live versus simulated")
             + '<p>Live run details: <code>live/report.html</code></p>')
     return page(f"Validation: {v.policy} policy, {v.trace} trace", body)
