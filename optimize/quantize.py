@@ -152,10 +152,17 @@ def quantize(model_path: Path, out: Path, config: QuantizeConfig = QuantizeConfi
         except Exception as exc:  # one failed variant must not sink the others; the report says why
             result.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         results[spec.name] = result
-    pre.unlink(missing_ok=True)
 
     progress("measuring every variant side by side")
     measure_variants(source, built, results, inputs, config)
+    from optimize.sensitivity import apply_fallback, needs_fallback
+
+    if needs_fallback(results):  # accuracy-aware: keep the most sensitive nodes in fp32 until the budget holds
+        progress("no int8 variant met the budget: ranking node sensitivity for an fp32 fallback")
+        if apply_fallback(pre, fmt, inputs, config, built, results, variants_dir, notes):
+            progress("measuring every variant side by side, fallback configs included")
+            measure_variants(source, built, results, inputs, config)
+    pre.unlink(missing_ok=True)
     report = QuantizeReport(
         source={"path": str(source.path), "kind": source.kind, "sha256": source.sha256},
         inputs=_plain([asdict(s) for s in inputs.specs]), cpu=_plain(asdict(cpu)), quant_format=asdict(fmt),
