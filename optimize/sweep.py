@@ -1,0 +1,292 @@
+"""`sweep(model, SweepConfig)`: every combination of prune ratio x quantization x calibration, measured side by side.
+
+Building variants (pruning, fine-tuning, export, calibration) is independent work and runs as Ray tasks when
+Ray is available (serially otherwise). Timing is never parallel: all variants are then measured in this one
+process, interleaved, with the same threads, so they do not compete for cores and their latencies compare.
+Pareto-optimal variants (no other variant is both at least as fast at batch 32 and at least as accurate) are
+marked. Output: report.json (typed), report.html (self-contained: inline PNG plot) and every variant's ONNX.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from optimize._errors import UserError
+from optimize._sweep_tasks import build_variant, prepare, run_all
+from optimize.cpu import choose_format, detect_cpu
+from optimize.loading import load_model
+from optimize.quantize import QuantizeConfig, measure_variants, resolve_inputs
+from optimize.report import VariantResult
+from optimize.variants import CALIBRATION_METHODS
+
+QUANTIZATION = ("none", "dynamic", "static", "fp16")
+EXECUTORS = ("auto", "ray", "serial")
+SWEEP_SCHEMA_VERSION = 1
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    quantization: tuple[str, ...] = ("none", "dynamic", "static")  # "none": the fp32 model of that prune ratio
+    calibration_methods: tuple[str, ...] = ("minmax", "entropy")  # for static
+    prune_ratios: tuple[float, ...] = (0.0, 0.5)
+    criterion: str = "magnitude"
+    epochs: int = 0  # recovery fine-tuning of each pruned model (needs fine-tuning data)
+    per_channel: bool = True
+    max_accuracy_drop: float = 1.0
+    threads: int = 1
+    repeats: int = 50
+    input_shape: str | None = None
+    allow_pickle: bool = False
+    executor: str = "auto"  # auto: Ray when installed, else serial
+    num_cpus: int = 4  # logical CPUs of the local Ray instance
+
+    def __post_init__(self) -> None:
+        bad = [q for q in self.quantization if q not in QUANTIZATION]
+        if bad or not self.quantization:
+            raise UserError(f"quantization {bad} unknown; choose from {', '.join(QUANTIZATION)}")
+        bad = [m for m in self.calibration_methods if m not in CALIBRATION_METHODS]
+        if bad:
+            raise UserError(f"calibration method(s) {bad} unknown; choose from {', '.join(CALIBRATION_METHODS)}")
+        if not self.prune_ratios or any(not 0 <= r < 1 for r in self.prune_ratios):
+            raise UserError("prune ratios must be in [0, 1), e.g. 0,0.25,0.5")
+        if self.executor not in EXECUTORS:
+            raise UserError(f"--executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
+        if self.num_cpus < 1 or self.repeats < 5 or self.threads < 1:
+            raise UserError("--num-cpus and --threads must be >= 1 and --repeats >= 5")
+        QuantizeConfig(max_accuracy_drop=self.max_accuracy_drop)  # same budget validation as quantize
+
+    @classmethod
+    def from_yaml(cls, path: Path, **overrides: Any) -> SweepConfig:
+        """A grid file: keys are this dataclass's fields (lists for the tuple ones); CLI overrides win."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"grid file {path} is not readable YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"grid file {path} must be a mapping, e.g. 'prune_ratios: [0, 0.5]'")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"grid file {path} has unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**{**data, **overrides})
+
+    def quantize_config(self) -> QuantizeConfig:
+        return QuantizeConfig(max_accuracy_drop=self.max_accuracy_drop, threads=self.threads, repeats=self.repeats,
+                              input_shape=self.input_shape, allow_pickle=self.allow_pickle)
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    name: str
+    prune_ratio: float
+    quantization: str
+    calibration_method: str | None = None
+
+
+def grid(config: SweepConfig) -> list[GridPoint]:
+    points = []
+    for ratio in sorted(set(config.prune_ratios) | {0.0}):  # the unpruned fp32 model is always the baseline
+        prefix = "" if ratio == 0 else f"pruned{ratio:g}-"
+        for q in ("none", *[q for q in config.quantization if q != "none"]):
+            if q == "none":
+                if ratio == 0 or "none" in config.quantization:
+                    points.append(GridPoint("fp32" if ratio == 0 else f"{prefix}fp32", ratio, "none"))
+            elif q == "static":
+                points += [GridPoint(f"{prefix}static-int8-{m}", ratio, q, m) for m in config.calibration_methods]
+            else:
+                points.append(GridPoint(f"{prefix}{'fp16' if q == 'fp16' else 'dynamic-int8'}", ratio, q))
+    return points
+
+
+@dataclass
+class SweepReport:
+    source: dict[str, Any]
+    inputs: list[dict[str, Any]]
+    cpu: dict[str, Any]
+    quant_format: dict[str, Any]
+    threads: int
+    accuracy_measured: bool
+    budget: dict[str, Any]
+    config: dict[str, Any]
+    executor: str  # "ray" | "serial": how the variants were built
+    build_wall_s: float  # building every variant (the parallel part)
+    measure_wall_s: float  # measuring them side by side (always serial)
+    variants: list[VariantResult]
+    pareto: list[str]  # names of the Pareto-optimal variants (batch-32 p50 latency vs accuracy)
+    chosen: str | None = None  # fastest feasible variant (same rule as quantize)
+    notes: list[str] = field(default_factory=list)
+    eval_samples: int = 0
+    created_unix_s: float = 0.0
+    kind: str = "sweep"
+    schema_version: int = SWEEP_SCHEMA_VERSION
+
+    def variant(self, name: str) -> VariantResult:
+        return next(v for v in self.variants if v.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        tmp = Path(path).with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> SweepReport:
+        data = json.loads(Path(path).read_text())
+        if data.get("kind") != "sweep" or data.get("schema_version") != SWEEP_SCHEMA_VERSION:
+            raise ValueError(f"{path} is not a sweep report of schema {SWEEP_SCHEMA_VERSION}")
+        names = {f.name for f in fields(VariantResult)}
+        return cls(**{**data, "variants": [VariantResult(**{k: v for k, v in d.items() if k in names})
+                                           for d in data["variants"]]})
+
+
+def quality(v: VariantResult, labelled: bool) -> float | None:
+    """Higher is better: accuracy change in points, or minus the relative output error in % without labels."""
+    if labelled:
+        return v.accuracy_change_pts
+    return None if v.relative_error is None else -100 * v.relative_error
+
+
+def pareto_front(variants: list[VariantResult], labelled: bool) -> list[str]:
+    """Variants that no other variant beats on both batch-32 p50 latency and quality (ties allowed)."""
+    points = [(v.name, v.latency_b32_p50_ms, quality(v, labelled)) for v in variants
+              if not v.error and v.kind != "pytorch" and v.latency_b32_p50_ms is not None
+              and quality(v, labelled) is not None]
+    front = []
+    for name, lat, q in points:
+        dominated = any(lat2 <= lat and q2 >= q and (lat2 < lat or q2 > q) for _, lat2, q2 in points)
+        if not dominated:
+            front.append(name)
+    return front
+
+
+def _executor(config: SweepConfig) -> str:
+    if config.executor == "auto":
+        return "ray" if importlib.util.find_spec("ray") else "serial"
+    return config.executor
+
+
+def sweep(model_path: Path, out: Path, config: SweepConfig = SweepConfig(), *, calibration_path: Path | None = None,
+          eval_path: Path | None = None, finetune_path: Path | None = None,
+          progress: Progress = lambda _msg: None) -> SweepReport:
+    out = Path(out)
+    variants_dir = out / "variants"
+    shutil.rmtree(variants_dir, ignore_errors=True)
+    variants_dir.mkdir(parents=True)
+    qconfig = config.quantize_config()
+    source = load_model(Path(model_path), config.allow_pickle)
+    if any(r > 0 for r in config.prune_ratios):
+        from optimize._prune_graph import prunable_module
+
+        prunable_module(source)  # refuse unprunable inputs (TorchScript, ONNX) before any work
+    inputs = resolve_inputs(source, qconfig, calibration_path, eval_path)
+    points = grid(config)
+    notes = list(inputs.notes)
+    if any(p.quantization == "static" for p in points) and inputs.calibration is None:
+        points = [p for p in points if p.quantization != "static"]
+        notes.append("static int8 skipped: it needs --calibration-data")
+    if config.epochs and not finetune_path:
+        raise UserError("--epochs needs --finetune-data (an .npz of inputs and labels to train on)")
+
+    executor = _executor(config)
+    owns_ray = executor == "ray" and not _ray_running()
+    try:
+        return _sweep(source, inputs, points, notes, executor, model_path, out, variants_dir, config, qconfig,
+                      (calibration_path, eval_path, finetune_path), progress)
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _ray_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def _sweep(source, inputs, points, notes, executor, model_path, out, variants_dir, config, qconfig, data_paths,
+           progress) -> SweepReport:
+    from optimize.quantize import choose
+
+    qdict = {k: getattr(qconfig, k) for k in ("max_accuracy_drop", "threads", "repeats", "input_shape",
+                                               "allow_pickle")}
+    prune_args = {"criterion": config.criterion, "epochs": config.epochs, "allow_pickle": config.allow_pickle}
+    paths = [str(p) if p else None for p in data_paths]
+    ratios = sorted({p.prune_ratio for p in points})
+    started = time.perf_counter()
+    progress(f"building {len(ratios)} fp32 model(s) ({executor})")
+    prepared = dict(zip(ratios, run_all(
+        [(prepare, str(model_path), r, prune_args, qdict, *paths, str(variants_dir)) for r in ratios],
+        executor, config.num_cpus), strict=True))
+    results: dict[str, VariantResult] = {}
+    built: dict[str, Path] = {}
+    calls, pending = [], []
+    for p in points:
+        facts = prepared[p.prune_ratio]
+        results[p.name] = VariantResult(p.name, "fp32" if p.name == "fp32" else p.quantization,
+                                        calibration_method=p.calibration_method,
+                                        per_channel=config.per_channel and p.quantization in ("dynamic", "static"),
+                                        extra={"prune_ratio": p.prune_ratio, "quantization": p.quantization})
+        if isinstance(facts, Exception):
+            results[p.name].error = f"pruning/export failed: {str(facts).splitlines()[0] if str(facts) else facts}"
+            continue
+        results[p.name].extra.update({k: v for k, v in facts.items() if k in ("params", "flops")})
+        if p.quantization == "none":
+            built[p.name] = Path(facts["fp32"])
+            continue
+        target = variants_dir / f"{p.name}.onnx"
+        calls.append((build_variant, facts["pre"], p.quantization, p.calibration_method,
+                      config.per_channel, str(target), str(model_path), qdict, paths[0]))
+        pending.append(p.name)
+    progress(f"building {len(calls)} quantized variant(s) ({executor})")
+    for name, made in zip(pending, run_all(calls, executor, config.num_cpus), strict=True):
+        if isinstance(made, Exception):
+            results[name].error = str(made).splitlines()[0] if str(made) else type(made).__name__
+        else:
+            built[name] = Path(made)
+    build_wall_s = time.perf_counter() - started
+    if "fp32" not in built:
+        raise UserError(f"the fp32 export failed: {results['fp32'].error}")
+    for name, path in built.items():
+        results[name].path = str(path.relative_to(out))
+
+    progress(f"measuring {len(built)} variants side by side")
+    started = time.perf_counter()
+    measure_variants(source, built, results, inputs, qconfig)
+    measure_wall_s = time.perf_counter() - started
+    for f in variants_dir.glob(".*-pre.onnx"):
+        f.unlink()
+    ordered = ([results.pop("pytorch")] if "pytorch" in results else []) + list(results.values())
+    fmt = choose_format(detect_cpu())
+    report = SweepReport(
+        source={"path": str(source.path), "kind": source.kind, "sha256": source.sha256},
+        inputs=[asdict(s) for s in inputs.specs], cpu=asdict(detect_cpu()), quant_format=asdict(fmt),
+        threads=config.threads, accuracy_measured=inputs.labelled,
+        budget={"metric": "accuracy_pts" if inputs.labelled else "relative_error_pct",
+                "max_drop": config.max_accuracy_drop},
+        config=asdict(config), executor=executor, build_wall_s=build_wall_s, measure_wall_s=measure_wall_s,
+        variants=ordered, pareto=pareto_front(ordered, inputs.labelled), notes=notes,
+        eval_samples=len(inputs.evaluation), created_unix_s=time.time(),
+    )
+    for v in report.variants:
+        v.extra["pareto"] = v.name in report.pareto
+    choose(report)  # quantize's rule: the fastest feasible variant that beats fp32
+    report.save(out / "report.json")
+    from optimize._sweep_html import render
+
+    (out / "report.html").write_text(render(report))
+    return report
