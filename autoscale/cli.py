@@ -51,6 +51,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--metrics-interval-s", type=float, default=2.0,
+                   help="replicas' metrics push period (default 2, as the Ray adapter configures; Ray's own is 10)")
     p.add_argument("--replica-kind", default="cpu-1", help="price table key (default cpu-1)")
     p.add_argument("--prices", help="YAML price table overriding the defaults")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
@@ -132,7 +134,7 @@ def _config_paths(args, default_policy: str | None) -> dict[str, str]:
 def _setup(args) -> tuple[ModelProfile, SimConfig, CostModel]:
     profile = _profile(args)
     sim = SimConfig(min_replicas=args.min_replicas, max_replicas=args.max_replicas, slo_p95_ms=args.slo_p95_ms,
-                    seed=args.seed, replica_kind=args.replica_kind)
+                    seed=args.seed, replica_kind=args.replica_kind, metrics_interval_s=args.metrics_interval_s)
     prices = PriceTable.load(args.prices) if args.prices else PriceTable()
     prices.price(args.replica_kind)  # unknown kind: fail before simulating
     return profile, sim, CostModel(prices)

@@ -17,6 +17,9 @@ from autoscale.policies import CONFIGS, Observation, get_policy, load_policy_con
 POLICY_FUNCTION = "autoscale.ray_adapter:OptiservePolicy"
 _STATE_KEY = "optiserve"  # our state lives under one key of Ray's policy_state, beside Ray's own keys
 # Ray AutoscalingConfig fields that may be overridden through build_autoscaling_config(**overrides).
+# How often replicas push metrics to the controller (Ray's default is 10 s; Ray 2.60 honours this deprecated
+# field). The policies' short look-back windows and the simulator's default assume this value.
+METRICS_INTERVAL_S = 2.0
 _RAY_FIELDS = ("initial_replicas", "metrics_interval_s", "look_back_period_s", "aggregation_function",
                "downscale_to_zero_delay_s")
 
@@ -42,6 +45,7 @@ def build_autoscaling_config(policy: str, config_path: str | None, min_replicas:
         "min_replicas": int(min_replicas),
         "max_replicas": int(max_replicas),
         "look_back_period_s": cfg.look_back_period_s,
+        "metrics_interval_s": METRICS_INTERVAL_S,
         # Neutral Ray-side shaping: the pure policy applies its own delays and factors.
         "upscale_delay_s": 0.0,
         "downscale_delay_s": 0.0,

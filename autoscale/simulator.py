@@ -35,7 +35,7 @@ class SimConfig:
     max_replicas: int = 50
     initial_replicas: int | None = None
     control_interval_s: float = 0.1
-    metrics_interval_s: float = 10.0
+    metrics_interval_s: float = 2.0  # replicas' metrics push period; ray_adapter.METRICS_INTERVAL_S (Ray: 10)
     slo_p95_ms: float = 50.0
     window_s: float = 10.0
     replica_kind: str = "cpu-1"

@@ -3,7 +3,7 @@
 Holt's linear (double exponential) smoothing of the observed arrival rate, updated once per metrics
 period; the forecast horizon is the replica start time plus the metrics lag, so replicas are ready when
 the demand arrives. desired = max(need(forecast), need(current rate)) with the `slo` policy's capacity
-model and backstops, so a wrong forecast never provisions below the reactive need.
+model and panic mode, so a wrong forecast never provisions below the reactive need.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ from dataclasses import dataclass
 
 from optimize._errors import UserError
 
-from ._base import Observation, windowed_max
-from .slo import SloPolicyConfig, slo_need
+from ._base import Observation
+from .slo import SloPolicyConfig, decide, slo_need, smoothed_rate
 
 
 @dataclass(frozen=True)
 class PredictiveConfig(SloPolicyConfig):
     alpha: float = 0.6  # level smoothing
     beta: float = 0.3  # trend smoothing
-    update_period_s: float = 10.0  # one update per metrics push (the observation is constant in between)
-    metrics_lag_s: float = 10.0  # added to the replica start time to form the horizon
+    update_period_s: float = 2.0  # one update per metrics push (the observation is constant in between)
+    metrics_lag_s: float = 4.0  # added to the replica start time to form the horizon (push + look-back)
     max_growth: float = 3.0  # cap on forecast / current rate, so one noisy jump cannot explode
 
     def validate(self) -> None:
@@ -44,7 +44,7 @@ def predictive_policy(obs: Observation, cfg: PredictiveConfig, state: dict) -> t
         level, last_t = new_level, t
     horizon = obs.replica_start_s + cfg.metrics_lag_s + (t - last_t)
     forecast = min(max(level + trend * horizon, 0.0), max(rate, level) * cfg.max_growth)
-    need = max(slo_need(obs, cfg, forecast), slo_need(obs, cfg, rate))
-    final, recs = windowed_max(state.get("recommendations", []), t, need, cfg.downscale_delay_s)
-    new_state = {"level": level, "trend": trend, "last_update_s": last_t, "recommendations": recs}
-    return obs.clamp(final), new_state
+    smooth, hist = smoothed_rate(obs, cfg, state)
+    need = max(slo_need(obs, cfg, forecast), slo_need(obs, cfg, smooth))
+    desired, new_state = decide(obs, cfg, state, need, rate)
+    return desired, {**new_state, "rates": hist, "level": level, "trend": trend, "last_update_s": last_t}

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from autoscale import metrics as m
-from autoscale.ray_adapter import POLICY_FUNCTION, OptiservePolicy, build_autoscaling_config
+from autoscale.ray_adapter import METRICS_INTERVAL_S, POLICY_FUNCTION, OptiservePolicy, build_autoscaling_config
 from optimize._errors import UserError
 
 
@@ -21,6 +21,8 @@ def test_config_is_accepted_by_ray_serve(policy):
     cfg = AutoscalingConfig(**d)
     assert cfg.policy.policy_function == POLICY_FUNCTION and cfg.max_replicas == 6
     assert cfg.upscale_delay_s == 0 and cfg.initial_replicas == 2
+    # The push interval the simulator models, and shorter than every policy's look-back (Ray requires it).
+    assert cfg.metrics_interval_s == METRICS_INTERVAL_S < cfg.look_back_period_s
     assert cfg.policy.policy_kwargs["policy"] == policy
     with pytest.raises(UserError):
         build_autoscaling_config(policy, None, 1, 6, no_such_setting=3)
@@ -39,10 +41,10 @@ def test_policy_reads_serve_metrics_and_keeps_its_state():
                                  slo_p95_ms=1000.0)
     policy = OptiservePolicy(**d["policy"]["policy_kwargs"])
     desired, state = policy(_ctx())
-    assert desired == 9  # 90 req/s summed over replicas / 10 per replica
+    assert desired == 10  # 90 req/s summed over replicas at 10 per replica: 9 would run at 100 %, Erlang C adds 1
     desired, _ = policy(_ctx(aggregated_metrics={m.ARRIVAL_RATE_RPS: {"r1": 5.0}}, policy_state=state,
                              total_num_requests=1.0, current_time=101.0))
-    assert desired == 9  # scale-down waits out downscale_delay_s, using the state from the last call
+    assert desired == 10  # scale-down waits out downscale_delay_s, using the state from the last call
 
 
 # ---------------------------------------------------------------- real Ray Serve (integration)

@@ -139,3 +139,58 @@ def test_config_from_yaml_and_errors(tmp_path):
         load_policy_config("nope")
     with pytest.raises(UserError):
         load_policy_config("queue", None, target_ongoing_requests=-1)
+
+
+def test_miss_probability_is_the_exact_mm_c_wait_tail_for_exponential_service():
+    from autoscale.policies.slo import miss_probability
+
+    c, a, s, t = 3, 2.0, 0.01, 0.02  # M/M/3 at 2 Erlangs: Erlang C = 4/9, tail exp(-(c - a) t / s)
+    assert miss_probability(c, a, s, t, service_cv=1.0) == pytest.approx(4 / 9 * math.exp(-2.0), rel=1e-9)
+    assert miss_probability(2, 2.0, s, t) == 1.0  # at or over capacity every request waits
+    # Deterministic service (cv 0) halves the wait: the tail decays twice as fast.
+    assert miss_probability(c, a, s, t, 0.0) == pytest.approx(4 / 9 * math.exp(-4.0), rel=1e-9)
+
+
+def test_slo_steady_need_runs_large_fleets_hotter_than_small_ones():
+    from autoscale.policies.slo import steady_need
+
+    cfg = _cfg("slo")
+    needs = {r: steady_need(cfg, r) for r in (0.0, 50.0, 100.0, 400.0, 1600.0)}
+    assert needs[0.0] == 0 and all(needs[r] > r / CAP for r in needs if r)
+    assert needs[50.0] <= needs[100.0] <= needs[400.0] <= needs[1600.0]
+    assert 1600.0 / CAP / needs[1600.0] > 100.0 / CAP / needs[100.0]  # utilisation grows with the fleet
+
+
+def _obs(t, current, target, queued, rate, **kw):
+    return Observation(t, current, target, queued + current, queued, rate, replica_start_s=10.0, min_replicas=1,
+                       max_replicas=50, **kw)
+
+
+def test_slo_panics_on_a_backlog_and_releases_the_extra_replicas_once_it_is_drained():
+    cfg = _cfg("slo", drain_s=2.0, downscale_delay_s=60.0)
+    state = {}
+    d0, state = POLICIES["slo"](_obs(0.0, 2, 2, 0.0, 50.0), cfg, state)
+    # A step to 400 req/s: 600 already queued; 2 ready replicas fall 200 req/s behind for the 10 s start.
+    d1, state = POLICIES["slo"](_obs(1.0, 2, d0, 600.0, 400.0), cfg, state)
+    steady = POLICIES["slo"](_obs(0.0, 2, 2, 0.0, 400.0), cfg, {})[0]
+    assert d1 >= steady + math.ceil((600 + 200 * 10) / (CAP * 2.0)) - 1 and d1 <= 50  # at once, with the drain
+    d2, state = POLICIES["slo"](_obs(3.0, 2, d1, 900.0, 400.0), cfg, state)
+    assert d2 >= d1  # never cancels starting replicas while panicking (that would restart their clock)
+    d3, state = POLICIES["slo"](_obs(15.0, d2, d2, 0.0, 400.0), cfg, state)
+    assert d3 == steady  # queue gone: the drain replicas go at once, not after downscale_delay_s
+
+
+def test_slo_does_not_flap_on_noisy_load():
+    rnd = random.Random(7)
+    cfg = _cfg("slo")
+    rates = [300.0 * (1 + rnd.uniform(-0.1, 0.1)) for _ in range(900)]
+    d = _run("slo", cfg, [0.0] * 900, rate=rates, start=5)
+    changes = sum(1 for x, y in zip(d[60:], d[61:], strict=False) if x != y)
+    assert changes <= 2 and max(d[60:]) - min(d[60:]) <= 1
+
+
+def test_slo_scales_a_rate_step_within_one_observation():
+    rates = [100.0] * 30 + [400.0] * 30
+    d = _run("slo", _cfg("slo"), [0.0] * 60, rate=rates)
+    steady_hi = POLICIES["slo"](_obs(0.0, 1, 1, 0.0, 400.0), _cfg("slo"), {})[0]
+    assert d[29] < steady_hi and d[30] == steady_hi  # the jump bypasses the rate smoothing
