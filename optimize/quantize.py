@@ -121,6 +121,13 @@ def variant_specs(config: QuantizeConfig, has_calibration: bool) -> tuple[list[V
 def quantize(model_path: Path, out: Path, config: QuantizeConfig = QuantizeConfig(), *,
              calibration_path: Path | None = None, eval_path: Path | None = None,
              progress: Progress = lambda _msg: None) -> QuantizeReport:
+    from optimize.hf import is_hf_dir
+
+    if is_hf_dir(Path(model_path)):  # a save_pretrained folder: optimum's exporter, optimizer and quantizer
+        from optimize.hf import quantize_hf
+
+        return quantize_hf(Path(model_path), out, config, calibration_path=calibration_path, eval_path=eval_path,
+                           progress=progress)
     out = Path(out)
     variants_dir = out / "variants"
     shutil.rmtree(variants_dir, ignore_errors=True)  # stale variants from an earlier run would be misreported

@@ -12,6 +12,7 @@ EXAMPLES = """\
   optimize quantize model.pt2 --method static --calibration-method entropy --out build/q
   optimize quantize model.onnx --input-shape 1,64 --out build/q          # no data: output agreement only
   optimize quantize model.pt --out build/q --publish build/repo --name digits-mlp
+  optimize quantize my-bert/ --eval-data tokens.npz --out build/q   # save_pretrained folder: optimum O1-O3 + int8
 exit codes: 0 a quantized variant met the budget and was chosen, 1 none did (model.onnx is fp32), 2 usage error
 """
 
@@ -19,7 +20,8 @@ exit codes: 0 a quantized variant met the budget and was chosen, 1 none did (mod
 def register(subparsers) -> None:
     p = add_command(subparsers, "quantize", "Quantize a model to int8/fp16 ONNX and pick the fastest variant "
                     "within the accuracy budget.", EXAMPLES)
-    p.add_argument("model", type=Path, help="TorchScript .pt, torch.export .pt2, or .onnx")
+    p.add_argument("model", type=Path, help="TorchScript .pt, torch.export .pt2, .onnx, or a Hugging Face "
+                   "save_pretrained folder (optimum)")
     p.add_argument("--out", type=Path, required=True, help="output folder: model.onnx, variants/, report.json/.md")
     p.add_argument("--method", default="auto", choices=["auto", "dynamic", "static", "fp16"],
                    help="which variants to build (auto: all applicable, then pick)")
