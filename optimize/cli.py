@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "optimize.commands.quantize",
     "optimize.commands.prune",
     "optimize.commands.sweep",
+    "optimize.jobs.cli",
 ]
 
 EPILOG = """examples:

@@ -104,6 +104,8 @@ def ensure_cluster(address: str | None = None, num_cpus: int = DEFAULT_NUM_CPUS,
         try:
             urllib.request.urlopen(f"{cluster.dashboard_url}/api/version", timeout=2)
             break
+        except urllib.error.HTTPError:  # it answered (401: token auth, on once ~/.ray/auth_token exists)
+            break
         except OSError:
             time.sleep(0.5)
     else:

@@ -57,7 +57,7 @@ def fits_on_some_node(compute: Compute, nodes: list[dict[str, float]]) -> str | 
     if not nodes or any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
         return None
     short = [k for k, v in need.items() if max(node.get(k, 0) for node in nodes) < v]
-    names = {"CPU": "CPUs", "GPU": "GPUs", "memory": "bytes of memory"}
+    names = {"CPU": "CPU(s)", "GPU": "GPU(s)", "memory": "bytes of memory"}
     what = ", ".join(f"{need[k]:g} {names.get(k, repr(k) + ' resource')}" for k in short) or "these resources"
     best = ", ".join(f"{max(node.get(k, 0) for node in nodes):g}" for k in short)
     return (f"the run asks for {what} but no node of the Ray cluster has that much (largest node: {best}); "
@@ -77,12 +77,31 @@ class ClusterUnreachable(Exception):
     """The dashboard (Jobs API) did not answer."""
 
 
+def _use_token_auth_if_available() -> None:
+    """Send Ray's auth token when one exists (~/.ray/auth_token): a head started where it exists requires it,
+    and Ray's clients only send it when RAY_AUTH_MODE says so. A private Ray helper: skipped if it moves."""
+    try:
+        import logging
+
+        from ray._private.authentication import authentication_token_setup as setup
+    except ImportError:
+        return
+    logger = logging.getLogger(setup.__name__)
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its "token auth is enabled" warning is noise for a CLI
+    try:
+        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        logger.setLevel(level)
+
+
 class RayJobs:
     """A thin client of one cluster's Jobs API."""
 
     def __init__(self, dashboard_url: str) -> None:
         self.dashboard_url = dashboard_url
         self._client = None
+        _use_token_auth_if_available()
 
     @property
     def client(self):

@@ -38,6 +38,7 @@ from optimize.jobs.models import (
 from optimize.jobs.store import Store
 from optimize.ray_cluster import ensure_cluster, state_dir
 
+CLUSTER_START_TIMEOUT_S = 180  # a fresh local head takes a minute on a busy 2-core machine
 ACTIVE = {RunState.ACCEPTED, RunState.IN_PROGRESS, RunState.CANCELING}
 
 
@@ -113,7 +114,7 @@ class JobService:
         """Start a run of a job with overrides (env/args appended to the job's, compute replaced field by field)."""
         job = self.store.get_job(job_name)
         compute = job.compute.merged(cpus, gpus, memory_mb, resources)
-        cluster = ensure_cluster(self.address)
+        cluster = ensure_cluster(self.address, timeout_s=CLUSTER_START_TIMEOUT_S)
         if cluster.dashboard_url is None:
             raise UserError(f"jobs need the Ray Jobs API: give the cluster's dashboard address "
                             f"(e.g. --address http://HEAD:8265), not {cluster.address}")

@@ -46,7 +46,7 @@ def test_fits(compute):
 
 def test_does_not_fit_says_why():
     message = fits_on_some_node(Compute(gpus=1), [{"CPU": 8.0}])
-    assert "1 GPUs" in message and "no node" in message and "--gpus 0" in message
+    assert "1 GPU(s)" in message and "no node" in message and "--gpus 0" in message
     # each request fits somewhere, but no single node has both
     assert "no node" in fits_on_some_node(Compute(cpus=8, gpus=1), NODES)
     assert "'huge' resource" in fits_on_some_node(Compute(resources={"huge": 1}), NODES)
