@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--duration-s", type=float, default=3600.0)
     ap.add_argument("--profile", help="reuse a measured profile instead of exporting and measuring the CNN")
     ap.add_argument("--peak-rps", type=float, default=400.0)
+    ap.add_argument("--metrics-interval-s", default="2", help="metrics push period (the Ray adapter sets 2 s)")
     args = ap.parse_args()
     out = Path(args.out_dir or tempfile.mkdtemp(prefix="bench_autoscale_"))
     out.mkdir(parents=True, exist_ok=True)
@@ -56,6 +57,7 @@ def main() -> None:
     t0 = time.perf_counter()
     autoscale_main(["compare", "--trace", "step,spike,diurnal", "--duration-s", str(args.duration_s),
                     "--trace-param", f"peak_rps={args.peak_rps}", "--profile", profile,
+                    "--metrics-interval-s", args.metrics_interval_s,
                     "--out", str(out / "compare.json"), "--plot", str(out / "compare.png")])
     compare_wall = time.perf_counter() - t0
     walls = []
