@@ -1,0 +1,196 @@
+"""JobService against a real local Ray (the project's detached head, Jobs API): runs with overrides at the same
+time, max run time, cancel, failure with logs, hooks on every transition, one job triggering another, and
+records that survive a kill -9 of the submitting process."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from optimize._errors import UserError
+from optimize.jobs import Hook, JobService, Recipe, RunState
+from optimize.jobs.store import Store
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+FAKE = str(Path(__file__).with_name("fake_recipe.py"))
+S = RunState
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from optimize.examples import build_example
+    from optimize.ray_cluster import ensure_cluster, stop_cluster
+
+    root = tmp_path_factory.mktemp("jobs-state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPTISERVE_STATE_DIR", str(root))
+        mp.delenv("RAY_ADDRESS", raising=False)
+        cluster = ensure_cluster(timeout_s=180)
+        try:
+            build_example("mlp", root / "models")
+            service = JobService(watcher=False)
+            service.create_job("fake", root / "models" / "mlp" / "model.pt", Recipe(FAKE, kind="python"))
+            yield {"root": root, "service": service, "model": root / "models" / "mlp" / "model.pt"}
+            service.close()
+        finally:
+            stop_cluster(cluster)
+
+
+def _states(service, run_id):
+    return [e.state for e in service.store.events(run_id)]
+
+
+def test_concurrent_quantize_runs_with_overrides(env):
+    svc = env["service"]
+    svc.create_job("quant", env["model"], Recipe("quantize", {"input_shape": "1,64", "repeats": 5}),
+                   env={"OMP_NUM_THREADS": "1"}, max_runtime_s=600)
+    runs = {method: svc.run("quant", args=["--method", method], env={"QUANT_METHOD": method})
+            for method in ("dynamic", "fp16")}
+    done = {method: svc.wait(run.id, timeout_s=300) for method, run in runs.items()}
+    for method, run in done.items():
+        assert run.state == S.SUCCEEDED, run.message
+        assert run.args == ("--method", method) and run.env == {"OMP_NUM_THREADS": "1", "QUANT_METHOD": method}
+        report = json.loads((Path(run.output_dir) / "report.json").read_text())
+        assert {v["name"] for v in report["variants"]} >= {f"{method}-int8" if method == "dynamic" else method}
+        assert "model.onnx" in run.outputs and run.artifact_sha256 == svc.get_job("quant").artifact_sha256
+        assert _states(svc, run.id) == [S.ACCEPTED, S.IN_PROGRESS, S.SUCCEEDED]
+    a, b = done["dynamic"], done["fp16"]
+    assert a.started_at < b.ended_at and b.started_at < a.ended_at  # they overlapped
+
+
+def test_run_killed_at_its_max_run_time(env):
+    svc = env["service"]
+    run = svc.run("fake", args=["--sleep", "120"], max_runtime_s=2, wait=True, wait_timeout_s=120)
+    assert run.state == S.TIMED_OUT and run.exit_code == 124
+    assert "max run time of 2 s" in run.message
+    assert "exceeded its max run time" in svc.logs(run.id)
+    assert _states(svc, run.id) == [S.ACCEPTED, S.IN_PROGRESS, S.TIMED_OUT]
+
+
+def test_cancel_frees_the_run(env):
+    svc = env["service"]
+    run = svc.run("fake", args=["--sleep", "120"])
+    deadline = time.monotonic() + 120
+    while svc.get_run(run.id).state != S.IN_PROGRESS and time.monotonic() < deadline:
+        time.sleep(0.5)
+    svc.cancel(run.id)
+    run = svc.wait(run.id, timeout_s=60)
+    assert run.state == S.CANCELED
+    assert [e.reason for e in svc.store.events(run.id)][-2:] == ["canceled by the user", "canceled"]
+    assert _states(svc, run.id) == [S.ACCEPTED, S.IN_PROGRESS, S.CANCELING, S.CANCELED]
+    assert svc._ray(run.dashboard_url).status(run.submission_id).status == "STOPPED"  # Ray let go of it
+    with pytest.raises(UserError, match="already ended"):
+        svc.cancel(run.id)
+
+
+def test_failing_run_keeps_error_and_logs(env):
+    svc = env["service"]
+    run = svc.run("fake", args=["--fail"], wait=True, wait_timeout_s=120)
+    assert run.state == S.FAILED and run.exit_code == 3
+    assert "exited 3" in run.message and "bad calibration data" in run.message
+    kept = Path(run.output_dir).parent / "run.log"
+    assert "bad calibration data" in kept.read_text() and svc.logs(run.id) == kept.read_text()
+
+
+def test_gpu_request_on_a_cluster_without_gpus_is_refused(env):
+    svc = env["service"]
+    before = len(svc.list_runs(reconcile=False))
+    with pytest.raises(UserError, match="GPU.*no node"):
+        svc.run("fake", gpus=1)
+    assert len(svc.list_runs(reconcile=False)) == before  # nothing recorded, nothing queued
+
+
+class _Collector(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_hooks_on_every_transition_and_a_triggered_job(env, tmp_path):
+    """Driven by the detached watcher alone: this test only reads the records."""
+    svc, root = env["service"], env["root"]
+    server = HTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    shell_log = tmp_path / "shell-hook.txt"
+    svc.create_job("downstream", env["model"], Recipe(FAKE, kind="python"))
+    svc.create_job("upstream", env["model"], Recipe(FAKE, kind="python"), args=["--tag", "up"], hooks=[
+        Hook("http", on=["*"], url=f"http://127.0.0.1:{server.server_port}/events"),
+        Hook("shell", on=["*"], command=f'echo "$OPTISERVE_RUN_STATE $OPTISERVE_RUN_ID" >> {shell_log}'),
+        Hook("trigger", job="downstream", args=["--tag", "after-{run_id}"], artifact_from="model.pt"),
+    ])
+    watched = JobService(watcher=True)
+    try:
+        up = watched.run("upstream")
+        store = Store(root / "jobs.sqlite")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            down = [r for r in store.list_runs("downstream") if r.triggered_by == up.id]
+            if down and down[0].state.terminal and store.get_run(up.id).state.terminal:
+                break
+            time.sleep(0.5)
+        up = store.get_run(up.id)
+        [down] = [r for r in store.list_runs("downstream") if r.triggered_by == up.id]
+        assert up.state == S.SUCCEEDED and down.state == S.SUCCEEDED, (up.message, down.message)
+        upstream_model = Path(up.output_dir) / "model.pt"
+        assert down.artifact_sha256 == hashlib.sha256(upstream_model.read_bytes()).hexdigest()
+        report = json.loads((Path(down.output_dir) / "report.json").read_text())
+        assert report["artifact_sha256"] == down.artifact_sha256 and report["tag"] == f"after-{up.id}"
+        deadline = time.monotonic() + 30  # the last hooks fire right after the last state is recorded
+        while any(e.hooks_status in ("pending", "firing") for e in store.events(up.id)):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        events = store.events(up.id)
+        assert [e.state for e in events] == [S.ACCEPTED, S.IN_PROGRESS, S.SUCCEEDED]
+        assert all(e.hooks_status == "done" for e in events), [e.hooks_detail for e in events]
+        assert f"triggered run {down.id}" in events[-1].hooks_detail
+        posted = [(p["event"]["run_id"], p["event"]["state"]) for p in _Collector.received]
+        assert posted == [(up.id, "accepted"), (up.id, "in_progress"), (up.id, "succeeded")]
+        assert _Collector.received[-1]["run"]["outputs"] == ["model.pt", "report.json"]
+        assert shell_log.read_text().split("\n")[:3] == [f"{s} {up.id}" for s in ("accepted", "in_progress",
+                                                                                  "succeeded")]
+        store.close()
+    finally:
+        server.shutdown()
+        watched.close()
+
+
+SUBMITTER = """
+import sys, time
+from optimize.jobs import JobService
+run = JobService(watcher=False).run("fake", args=["--sleep", "4", "--tag", "orphan"])
+print(run.id, flush=True)
+time.sleep(600)
+"""
+
+
+def test_records_survive_a_killed_submitter(env):
+    svc = env["service"]
+    proc = subprocess.Popen([sys.executable, "-c", SUBMITTER], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OPTISERVE_JOBS_WATCHER": "0"})
+    run_id = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)  # mid-run: Ray has it, nobody watches it
+    proc.wait()
+    assert svc.store.get_run(run_id).state == S.ACCEPTED
+    run = svc.wait(run_id, timeout_s=120)  # the next start reconciles it with Ray
+    assert run.state == S.SUCCEEDED and run.outputs == ("model.pt", "report.json")
+    assert json.loads((Path(run.output_dir) / "report.json").read_text())["tag"] == "orphan"
+    events = svc.store.events(run_id)
+    for _ in range(2):  # reconciling again reports nothing twice
+        svc.reconcile()
+        JobService(watcher=False).reconcile()
+    assert svc.store.events(run_id) == events
+    assert [e.state for e in events] == [S.ACCEPTED, S.IN_PROGRESS, S.SUCCEEDED]
