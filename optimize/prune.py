@@ -49,6 +49,7 @@ class PruneConfig:
     ratio: float | None = None  # share of channels removed per prunable layer; 0.5 when no target is given
     max_latency_ms: float | None = None  # target: batch-32 p50 of the pruned fp32 ONNX model
     target_size_bytes: int | None = None  # target: size of the pruned ONNX file
+    target_size_share: float | None = None  # target: pruned ONNX size / unpruned fp32 ONNX size
     mode: str = "structured"
     criterion: str = "magnitude"
     round_to: int | None = None  # keep channel counts multiples of this (SIMD/tensor-core friendly)
@@ -63,7 +64,8 @@ class PruneConfig:
     allow_pickle: bool = False
 
     def __post_init__(self) -> None:
-        targets = [t for t in (self.ratio, self.max_latency_ms, self.target_size_bytes) if t is not None]
+        targets = [t for t in (self.ratio, self.max_latency_ms, self.target_size_bytes, self.target_size_share)
+                   if t is not None]
         if len(targets) > 1:
             raise UserError("give one of --ratio, --max-latency-ms or --target-size, not several")
         if self.mode not in MODES:
@@ -75,6 +77,8 @@ class PruneConfig:
         if (self.max_latency_ms is not None and self.max_latency_ms <= 0) or \
                 (self.target_size_bytes is not None and self.target_size_bytes <= 0):
             raise UserError("--max-latency-ms and --target-size must be positive")
+        if self.target_size_share is not None and not 0 < self.target_size_share < 1:
+            raise UserError("--target-size as a share of the unpruned size must be between 0 and 1, e.g. 0.5x")
         if self.mode == "unstructured" and targets and self.ratio is None:
             raise UserError("unstructured pruning changes neither size nor CPU latency: give --ratio, not a target")
         if self.round_to is not None and self.round_to < 1:
@@ -85,7 +89,7 @@ class PruneConfig:
     @property
     def applied_ratio(self) -> float | None:
         """The fixed ratio to apply, or None when a target has to be searched for."""
-        if self.max_latency_ms is None and self.target_size_bytes is None:
+        if self.max_latency_ms is None and self.target_size_bytes is None and self.target_size_share is None:
             return 0.5 if self.ratio is None else self.ratio
         return None
 
@@ -249,9 +253,13 @@ def _to_onnx(model, example: tuple, inputs: Inputs, folder: Path, stem: str):
     return pt2, export_onnx(pruned_source, inputs.specs, inputs.evaluation, folder / f"{stem}.onnx")
 
 
-def _search(base, config: PruneConfig, inputs: Inputs, example: tuple, folder: Path, progress: Progress):
+def _search(base, config: PruneConfig, inputs: Inputs, example: tuple, folder: Path, fp32_bytes: int,
+            progress: Progress):
     """Smallest ratio (least pruning, so least accuracy lost) whose ONNX model meets the latency/size target."""
     trials = []
+    max_size = config.target_size_bytes
+    if config.target_size_share is not None:
+        max_size = int(config.target_size_share * fp32_bytes)
     batch = tile_batch(inputs.evaluation, 32)
     for ratio in SEARCH_RATIOS:
         progress(f"searching: trying ratio {ratio:.1f}")
@@ -261,7 +269,7 @@ def _search(base, config: PruneConfig, inputs: Inputs, example: tuple, folder: P
         timing = time_interleaved({"m": lambda f, s=sess: s.run(None, f)}, batch, config.repeats)["m"]
         size = exported.path.stat().st_size
         meets = (config.max_latency_ms is None or timing.p50_ms <= config.max_latency_ms) and \
-            (config.target_size_bytes is None or size <= config.target_size_bytes)
+            (max_size is None or size <= max_size)
         trials.append({"ratio": ratio, "size_bytes": size, "latency_b32_p50_ms": timing.p50_ms, "meets_target": meets})
         if meets:
             break
@@ -302,7 +310,7 @@ def prune(model_path: Path, out: Path, config: PruneConfig = PruneConfig(), *, c
     search: list[dict] = []
     ratio = config.applied_ratio
     if ratio is None:
-        search = _search(base, config, inputs, example, variants_dir, progress)
+        search = _search(base, config, inputs, example, variants_dir, fp32.path.stat().st_size, progress)
         ratio = search[-1]["ratio"]
         if not search[-1]["meets_target"]:
             notes.append(f"no ratio up to {SEARCH_RATIOS[-1]} met the target; the most pruned model is reported")
