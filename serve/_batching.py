@@ -102,7 +102,9 @@ class Batcher:
         if len(self._queue) >= self._max_queue:
             raise Overloaded(self._retry_after_s)
         loop = asyncio.get_running_loop()
-        if self._worker is None:
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            # first use, or a new event loop (tests call asyncio.run repeatedly): a fresh worker and event
+            self._arrived = asyncio.Event()
             self._worker = loop.create_task(self._loop())
         item = _Item(inputs, rows, signature(inputs), loop.create_future())
         self._queue.append(item)

@@ -60,3 +60,88 @@ def repo(tmp_path_factory) -> Path:
     publish_model(repo, "mlp", "mlp", seed=2, tmp=root)
     publish_model(repo, "cnn", "cnn", seed=3, tmp=root)
     return repo
+
+
+def _resolve(schema: dict, doc: dict) -> dict:
+    while "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+_WEIRD = [None, True, -1, 0, 2**63, -(2**70), 1e308, -1.5, "", "x" * 300, "..", "../../etc/passwd", "é\u0000",
+          [], [[]], {}, {"a": 1}, [1, "a", None], [[1, 2], [3]]]
+
+
+def _value(schema: dict, doc: dict, rng: np.random.Generator, depth: int = 0):
+    """A random value for a JSON schema; sometimes deliberately wrong (the server must still never 5xx)."""
+    schema = _resolve(schema, doc)
+    if rng.random() < 0.1 or depth > 4:
+        return _WEIRD[rng.integers(len(_WEIRD))]
+    if "anyOf" in schema:
+        return _value(schema["anyOf"][rng.integers(len(schema["anyOf"]))], doc, rng, depth)
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        out = {k: _value(v, doc, rng, depth + 1) for k, v in props.items()
+               if k in schema.get("required", []) and rng.random() < 0.95 or rng.random() < 0.5}
+        if rng.random() < 0.1:
+            out["extra"] = 1
+        return out
+    if kind == "array":
+        return [_value(schema.get("items", {}), doc, rng, depth + 1) for _ in range(rng.integers(0, 4))]
+    if kind == "integer":
+        return int(rng.choice([0, 1, 2, 64, -1, 10**6, 2**40]))
+    if kind == "number":
+        return float(rng.normal())
+    if kind == "string":
+        return str(rng.choice(["FP32", "INT64", "input", "logits", "BYTES", "1", "", "ü"]))
+    if kind == "boolean":
+        return bool(rng.random() < 0.5)
+    return _WEIRD[rng.integers(len(_WEIRD))]
+
+
+def valid_body(rng: np.random.Generator, rows: int, shape: tuple[int, ...]) -> dict:
+    x = rng.random((rows, *shape), dtype=np.float32)
+    return {"inputs": [{"name": "input", "shape": [rows, *shape], "datatype": "FP32", "data": x.ravel().tolist()}]}
+
+
+def fuzz_cases(doc: dict, n: int, seed: int, models: dict[str, tuple[int, ...]]):
+    """(method, path, json body or None) drawn from the OpenAPI document: every operation, random path
+    parameters (served names, unknown names, odd strings), bodies valid, near-valid or garbage."""
+    rng = np.random.default_rng(seed)
+    ops = [(m.upper(), path, op) for path, item in doc["paths"].items() for m, op in item.items()]
+    names = [*models, "nope", "..", "%2e%2e", "a" * 200, "mlp;drop", "UNKNOWN"]
+    for i in range(n):
+        method, path, op = ops[i % len(ops)]
+        model = str(rng.choice(names))
+        version = str(rng.choice(["1", "2", "0", "-1", "999999999", "abc", "1.0"]))
+        url = path.replace("{model_name}", model).replace("{version}", version)
+        body = None
+        if "requestBody" in op:
+            if model in models and rng.random() < 0.4:
+                body = valid_body(rng, int(rng.integers(1, 4)), models[model])
+                tensor = body["inputs"][0]
+                key = str(rng.choice(["name", "shape", "datatype", "data", "none"]))
+                if key != "none":
+                    tensor[key] = _value({}, doc, rng)
+            else:
+                schema = op["requestBody"]["content"]["application/json"]["schema"]
+                body = _value(schema, doc, rng)
+        yield method, url, body
+
+
+class Helpers:
+    """Test helpers as a fixture (pytest's importlib mode makes conftest itself unimportable)."""
+
+    publish = staticmethod(publish_model)
+    corrupt = staticmethod(corrupt_model)
+    rows = staticmethod(digits_rows)
+    export = staticmethod(export_onnx)
+    small_model = staticmethod(small_model)
+    fuzz_cases = staticmethod(fuzz_cases)
+    valid_body = staticmethod(valid_body)
+
+
+@pytest.fixture(scope="session")
+def helpers() -> type[Helpers]:
+    return Helpers
