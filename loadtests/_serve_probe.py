@@ -59,12 +59,25 @@ def write_serve_config(path: Path, model: str, **model_settings) -> Path:
     return path
 
 
-def start_model(repository: str | Path, model: str, port: int, *, config_path: Path | None = None,
+_PORT: list[int] = []
+
+
+def serve_port() -> int:
+    """One HTTP port per process: Serve keeps the port it first started on, so every deployment reuses it."""
+    if not _PORT:
+        from optimize.ray_cluster import free_port
+
+        _PORT.append(free_port())
+    return _PORT[0]
+
+
+def start_model(repository: str | Path, model: str, port: int | None = None, *, config_path: Path | None = None,
                 policy: str | None = None, policy_config: Path | None = None, min_replicas: int = 1,
                 max_replicas: int = 4, ready_timeout_s: float = 180.0) -> str:
     """Deploy `model` with serve/ and wait until it answers; returns its base URL (http://127.0.0.1:PORT)."""
     import serve
 
+    port = port or serve_port()
     serve.start_app(repository, host="127.0.0.1", port=port, config_path=config_path, autoscaling_policy=policy,
                     autoscaling_config=policy_config, min_replicas=min_replicas, max_replicas=max_replicas)
     url = f"http://127.0.0.1:{port}"

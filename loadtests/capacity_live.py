@@ -78,13 +78,13 @@ def locust_measure(url: str, model: str, bodies: list[dict], work_dir: Path, slo
 
 
 def measure_setup(repository: str | Path, model: str, setup: ServingSetup, search: SearchConfig, work_dir: Path,
-                  port: int, bodies: list[dict], log=None) -> CapacityCurve:
+                  bodies: list[dict], log=None) -> CapacityCurve:
     """Deploy `model` with exactly one replica of `setup`, step-load it, and return its capacity curve."""
     from ._serve_probe import replica_resources, start_model, write_serve_config
 
     cfg = write_serve_config(work_dir / "serve.yaml", model, num_replicas=1, max_batch_size=setup.max_batch_size,
                              batch_wait_timeout_ms=setup.batch_wait_ms, **replica_resources(setup.replica_kind))
-    url = start_model(repository, model, port, config_path=cfg)
+    url = start_model(repository, model, config_path=cfg)
     measure = locust_measure(url, model, bodies, work_dir, search.slo_p95_ms, log=log)
     return find_capacity(measure, search, label=setup.label, replica_kind=setup.replica_kind,
                          max_batch_size=setup.max_batch_size, batch_wait_ms=setup.batch_wait_ms)

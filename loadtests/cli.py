@@ -176,7 +176,6 @@ def _validate(args) -> int:
     from autoscale.policies import load_policy_config
     from autoscale.profile import ModelProfile, measure_profile
     from autoscale.simulator import SimConfig, simulate
-    from optimize.ray_cluster import free_port
     from optimize.repository import list_versions, version_dir
 
     from ._serve_probe import connect_ray, replica_sampler, start_model, stop_model, write_serve_config
@@ -204,7 +203,7 @@ def _validate(args) -> int:
     try:
         print(f"serving {args.model} with the {args.policy} policy ({args.min_replicas}..{args.max_replicas} "
               "replicas) ...")
-        url = start_model(args.repository, args.model, free_port(), config_path=serve_cfg, policy=args.policy,
+        url = start_model(args.repository, args.model, config_path=serve_cfg, policy=args.policy,
                           policy_config=args.policy_config, min_replicas=args.min_replicas,
                           max_replicas=args.max_replicas)
         bodies = bodies_for(url, args.model, repository=args.repository, samples_path=args.samples, seed=args.seed)
@@ -246,7 +245,6 @@ def _print_validation(v, out: Path) -> None:
 
 
 def _capacity(args) -> int:
-    from optimize.ray_cluster import free_port
 
     from ._serve_probe import connect_ray, stop_model
     from .capacity import SearchConfig, build_report
@@ -284,8 +282,8 @@ def _capacity(args) -> int:
             for i, setup in enumerate(setups):
                 print(f"[{i + 1}/{len(setups)}] {setup.label}: one replica, step load ...")
                 t0 = time.monotonic()
-                curve = measure_setup(args.repository, args.model, setup, search, out / f"config-{i}", free_port(),
-                                      bodies, log=print)
+                curve = measure_setup(args.repository, args.model, setup, search, out / f"config-{i}", bodies,
+                                      log=print)
                 print(f"  capacity {curve.capacity_rps:.1f} req/s (limited by {curve.limited_by}), "
                       f"{time.monotonic() - t0:.0f} s")
                 curves.append(curve)
