@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: lint
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium not installed: the report browser test will be skipped"
 	$(PY) -m pytest
 
 bench: install
