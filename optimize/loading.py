@@ -39,10 +39,10 @@ class SourceModel:
         """Eager PyTorch forward pass on numpy inputs (first output)."""
         import torch
 
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: its tensors break a later TorchScript export
             out = self.module(*(torch.from_numpy(inputs[n]) for n in self.input_names))
         out = out[0] if isinstance(out, tuple | list) else out
-        return out.numpy()
+        return out.detach().numpy()
 
 
 def _zip_names(path: Path) -> list[str]:

@@ -1,0 +1,28 @@
+import onnx
+import pytest
+
+from optimize._errors import UserError
+from optimize.data import InputSpec, bind, load_npz
+from optimize.export import export_onnx
+from optimize.loading import load_model
+
+SPEC = [InputSpec("x", (64,))]
+
+
+def _eval(examples_dir):
+    return bind(load_npz(examples_dir / "mlp/eval.npz"), SPEC)
+
+
+def test_fresh_torchscript_exports_with_dynamic_batch_and_is_verified(examples_dir, tmp_path):
+    result = export_onnx(load_model(examples_dir / "mlp/model.pt"), SPEC, _eval(examples_dir), tmp_path / "m.onnx")
+    assert result.verified_samples == 450 and result.max_abs_diff <= result.tolerance
+    dim0 = onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.dim_value
+
+
+def test_disagreement_is_an_error_not_a_warning(examples_dir, tmp_path):
+    source = load_model(examples_dir / "mlp/model.pt")
+    honest = source.run_torch
+    source.run_torch = lambda feed: honest(feed) + 0.5  # PyTorch and ONNX now disagree
+    with pytest.raises(UserError, match="disagrees with PyTorch"):
+        export_onnx(source, SPEC, _eval(examples_dir), tmp_path / "m.onnx")
