@@ -238,7 +238,7 @@ class ModelRuntime:
         return {
             "name": self.name, "default_version": self.default, "versions": sorted(self.versions, key=int),
             "failed_versions": {v: reason for v, (_, reason) in sorted(self.failed.items())},
-            "queue_len": sum(v.batcher.queue_len for v in self.versions.values()),
+            "stats": self.autoscaling_stats(),
         }
 
     def autoscaling_stats(self) -> dict[str, float]:

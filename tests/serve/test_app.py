@@ -1,0 +1,261 @@
+"""A real Ray Serve application on digits models: one Ray and one app for the module (slow to start)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from optimize.repository import MODEL_FILE, version_dir
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+TOKEN = "integration-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CONFIG = """
+defaults: {max_batch_size: 32, batch_wait_timeout_ms: 10, cpus: 0.5}
+models:
+  mlp: {max_versions: 2}
+  cnn: {autoscaling: {min_replicas: 2, max_replicas: 3, initial_replicas: 2}}
+  tiny: {max_queue: 1, max_batch_size: 1, batch_wait_timeout_ms: 0, cpus: 0.25}
+max_body_bytes: 65536
+auth_token_env: MS_TEST_TOKEN
+poll_interval_s: 0.5
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, helpers):
+    import ray
+
+    import serve
+
+    root = tmp_path_factory.mktemp("live")
+    repo = root / "models"
+    helpers.publish(repo, "mlp", "mlp", seed=1, tmp=root)
+    helpers.publish(repo, "mlp", "mlp", seed=2, tmp=root)
+    helpers.publish(repo, "cnn", "cnn", seed=3, tmp=root)
+    helpers.publish(repo, "tiny", "mlp", seed=4, tmp=root)
+    (root / "serve.yaml").write_text(CONFIG)
+    old = {k: os.environ.get(k) for k in ("MS_TEST_TOKEN", "OPTISERVE_STATE_DIR")}
+    os.environ.update(MS_TEST_TOKEN=TOKEN, OPTISERVE_STATE_DIR=str(root / "state"))
+    metrics_port = free_port()
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1", _metrics_export_port=metrics_port)
+    try:
+        info = serve.start_app(repo, port=free_port(), config_path=root / "serve.yaml")
+        client = httpx.Client(base_url=f"http://127.0.0.1:{info.port}", headers=AUTH, timeout=60)
+        yield {"info": info, "repo": repo, "root": root, "client": client, "metrics_port": metrics_port}
+        client.close()
+    finally:
+        try:
+            serve.stop_app()
+        finally:
+            ray.shutdown()
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def body(x: np.ndarray) -> dict:
+    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+
+
+def reference(repo, name, version, x):
+    path = str(version_dir(repo, name, version) / MODEL_FILE)
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+
+def logits(resp: httpx.Response) -> np.ndarray:
+    out = resp.json()["outputs"][0]
+    return np.array(out["data"], np.float32).reshape(out["shape"])
+
+
+def wait_for(predicate, timeout_s: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_every_endpoint(server):
+    c = server["client"]
+    assert c.get("/v2").json()["name"] == "optiserve"
+    assert c.get("/v2/health/live").status_code == 200
+    assert wait_for(lambda: c.get("/v2/health/ready").status_code == 200, what="server ready")
+    meta = c.get("/v2/models/mlp").json()
+    assert meta["versions"] == ["1", "2"] and meta["inputs"][0]["shape"] == [-1, 64]
+    assert c.get("/v2/models/mlp/ready").status_code == 200
+    assert c.get("/v2/models/mlp/versions/1").json()["name"] == "mlp"
+    assert c.get("/v2/models/mlp/versions/1/ready").status_code == 200
+    x = np.random.default_rng(0).random((3, 64), dtype=np.float32)
+    latest = c.post("/v2/models/mlp/infer", json=body(x))
+    first = c.post("/v2/models/mlp/versions/1/infer", json=body(x))
+    assert latest.json()["model_version"] == "2" and first.json()["model_version"] == "1"
+    np.testing.assert_allclose(logits(first), reference(server["repo"], "mlp", "1", x), rtol=1e-5, atol=1e-6)
+    assert c.get("/v2/models/mlp/status").json()["default_version"] == "2"
+    doc = c.get("/openapi.json").json()
+    assert "/v2/models/{model_name}/infer" in doc["paths"]
+    assert c.get("/v2/models/nope").status_code == 404
+
+
+def test_concurrent_clients_are_batched_and_answers_match_unbatched_runs(server):
+    c, repo = server["client"], server["repo"]
+    rng = np.random.default_rng(1)
+    xs = [rng.random((int(rng.integers(1, 4)), 64), dtype=np.float32) for _ in range(96)]
+    with cf.ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(lambda x: c.post("/v2/models/mlp/infer", json=body(x)), xs))
+    assert [r.status_code for r in responses] == [200] * len(xs)
+    for x, resp in zip(xs, responses, strict=True):
+        version = resp.json()["model_version"]
+        np.testing.assert_allclose(logits(resp), reference(repo, "mlp", version, x), rtol=1e-5, atol=1e-6)
+    stats = c.get("/v2/models/mlp/status").json()["stats"]
+    assert stats["batch_size_mean"] > 1  # 32 concurrent clients, 10 ms window: several requests per call
+
+
+def test_two_models_at_once(server):
+    c, repo = server["client"], server["repo"]
+    rng = np.random.default_rng(2)
+    jobs = [("mlp", rng.random((2, 64), dtype=np.float32)) if i % 2 else
+            ("cnn", rng.random((2, 1, 8, 8), dtype=np.float32)) for i in range(40)]
+    with cf.ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda job: c.post(f"/v2/models/{job[0]}/infer", json=body(job[1])), jobs))
+    for (name, x), resp in zip(jobs, responses, strict=True):
+        assert resp.status_code == 200
+        np.testing.assert_allclose(logits(resp), reference(repo, name, resp.json()["model_version"], x),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_error_codes_and_token(server):
+    c = server["client"]
+    x = np.zeros((1, 64), np.float32)
+    bad_shape = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.0] * 32}]}
+    assert c.post("/v2/models/mlp/infer", json=bad_shape).status_code == 400
+    assert "shape" in c.post("/v2/models/mlp/infer", json=bad_shape).json()["error"]
+    assert c.post("/v2/models/nope/infer", json=body(x)).status_code == 404
+    assert c.post("/v2/models/mlp/versions/9/infer", json=body(x)).status_code == 404
+    big = np.zeros((300, 64), np.float32)  # ~77 kB of JSON, over the 64 KiB limit
+    assert c.post("/v2/models/mlp/infer", json=body(big)).status_code == 413
+    plain = httpx.Client(base_url=str(c.base_url), timeout=30)
+    assert plain.get("/v2/health/live").status_code == 401
+    assert plain.post("/v2/models/mlp/infer", json=body(x)).status_code == 401
+    assert plain.get("/v2/models/mlp", headers={"Authorization": "Bearer nope"}).status_code == 401
+    plain.close()
+    assert c.post("/v2/models/mlp/infer", json=body(x)).status_code == 200  # none of that hurt the replica
+
+
+def test_overload_answers_503_not_unbounded_queueing(server):
+    c = server["client"]
+    x = np.random.default_rng(3).random((1, 64), dtype=np.float32)
+    with cf.ThreadPoolExecutor(48) as pool:
+        responses = list(pool.map(lambda _: c.post("/v2/models/tiny/infer", json=body(x)), range(240)))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503} and 503 in codes and 200 in codes
+    ours = [r for r in responses if r.status_code == 503 and "queue is full" in r.text]
+    assert all(r.headers.get("retry-after") == "1" for r in ours)
+    assert c.post("/v2/models/tiny/infer", json=body(x)).status_code == 200
+
+
+class Traffic:
+    """Background requests to one model; records status codes and served versions."""
+
+    def __init__(self, client, model, shape):
+        self.client, self.model, self.x = client, model, np.zeros(shape, np.float32)
+        self.results: list[tuple[int, str | None]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                r = self.client.post(f"/v2/models/{self.model}/infer", json=body(self.x))
+                self.results.append((r.status_code, r.json().get("model_version") if r.status_code == 200 else None))
+            except httpx.HTTPError:
+                self.results.append((0, None))
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+
+
+def test_roll_out_then_failed_roll_out_without_dropping_requests(server, helpers):
+    c, repo, root = server["client"], server["repo"], server["root"]
+    with Traffic(c, "mlp", (1, 64)) as traffic:
+        wait_for(lambda: len(traffic.results) > 5, what="traffic")
+        new = helpers.publish(repo, "mlp", "mlp", seed=7, tmp=root)
+        wait_for(lambda: c.get("/v2/models/mlp/status").json()["default_version"] == new, what="roll-out")
+        wait_for(lambda: any(v == new for _, v in traffic.results[-5:]), what="traffic on the new version")
+        bad = helpers.publish(repo, "mlp", "mlp", seed=8, tmp=root)
+        helpers.corrupt(repo, "mlp", bad)
+        status = wait_for(lambda: (s := c.get("/v2/models/mlp/status").json())["failed_versions"].get(bad) and s,
+                          what="failed roll-out reported")
+        assert status["default_version"] == new and "sha256" in status["failed_versions"][bad]
+        n = len(traffic.results)
+        wait_for(lambda: len(traffic.results) > n + 5, what="traffic after the failed roll-out")
+    codes = [code for code, _ in traffic.results]
+    assert codes == [200] * len(codes)  # not one request dropped across both roll-outs
+    versions = [v for _, v in traffic.results]
+    assert versions[0] == "2" and versions[-1] == new and bad not in versions
+
+
+def test_killed_replica_is_restarted_and_traffic_continues(server):
+    import ray
+
+    import serve
+
+    c = server["client"]
+    wait_for(lambda: serve.replica_counts("cnn")["running"] == 2, what="two cnn replicas")
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if "optiserve.cnn" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
+    assert len(replicas) == 2
+    victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
+    with Traffic(c, "cnn", (1, 1, 8, 8)) as traffic:
+        wait_for(lambda: len(traffic.results) > 5, what="traffic")
+        ray.kill(victim, no_restart=True)
+        wait_for(lambda: serve.replica_counts("cnn")["running"] < 2 or None, timeout_s=30, what="replica noticed dead")
+        wait_for(lambda: serve.replica_counts("cnn")["running"] == 2, timeout_s=120, what="replica restarted")
+        n = len(traffic.results)
+        wait_for(lambda: len(traffic.results) > n + 10, what="traffic after restart")
+    codes = [code for code, _ in traffic.results]
+    assert codes[-10:] == [200] * 10
+    assert codes.count(200) >= 0.9 * len(codes), codes  # the surviving replica kept answering
+
+
+def test_status_and_prometheus_metrics(server):
+    import serve
+
+    report = serve.status()
+    assert set(report) == {"mlp", "cnn", "tiny"}
+    assert report["cnn"]["replicas"]["running"] >= 2 and report["mlp"]["app_status"] == "RUNNING"
+
+    def scrape():
+        try:
+            text = httpx.get(f"http://127.0.0.1:{server['metrics_port']}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            return None
+        return text if "optiserve_requests" in text and "optiserve_batch_size" in text else None
+
+    text = wait_for(scrape, timeout_s=90, what="optiserve metrics on Ray's Prometheus endpoint")
+    assert 'model="mlp"' in text and "optiserve_request_latency_ms" in text and "optiserve_queue_depth" in text
