@@ -1,0 +1,38 @@
+"""Planning and the generated Ray Serve config file (no Ray started)."""
+
+import yaml
+
+from serve._deploy import plan, serve_config
+from serve.config import ServeConfig
+
+
+def test_plan_picks_newest_loadable_version_and_skips_broken_models(tmp_path, helpers):
+    repo = tmp_path / "models"
+    helpers.publish(repo, "mlp", seed=1, tmp=tmp_path)
+    helpers.publish(repo, "mlp", seed=2, tmp=tmp_path)
+    helpers.corrupt(repo, "mlp", "2")
+    helpers.publish(repo, "broken", seed=3, tmp=tmp_path)
+    helpers.corrupt(repo, "broken", "1", keep_checksum=True)
+    served, skipped = plan(repo, ServeConfig())
+    assert served == {"mlp": "1"}
+    assert "broken" in skipped and "onnxruntime cannot load" in skipped["broken"]
+    pinned, _ = plan(repo, ServeConfig(models={"mlp": {"version": "2"}}))
+    assert pinned == {}
+
+
+def test_serve_config_is_a_valid_ray_serve_deploy_file(repo):
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import model_app, server_app
+
+    cfg = ServeConfig(models={"cnn": {"max_batch_size": 8}})
+    doc = yaml.safe_load(yaml.safe_dump(serve_config(repo, cfg, port=8123)))
+    schema = ServeDeploySchema(**doc)
+    by_name = {a.name: a for a in schema.applications}
+    assert set(by_name) == {"optiserve", "optiserve.mlp", "optiserve.cnn"}
+    assert by_name["optiserve.cnn"].route_prefix == "/v2/models/cnn"
+    assert by_name["optiserve.cnn"].args["model_config"]["max_batch_size"] == 8
+    assert doc["http_options"] == {"host": "127.0.0.1", "port": 8123}
+    # the builders named by import_path build applications from exactly these args
+    model_app(by_name["optiserve.mlp"].args)
+    server_app(by_name["optiserve"].args)
