@@ -199,10 +199,11 @@ def plan_capacity(curve: CapacityCurve, peak_rps: float, slo_p95_ms: float, cost
 
 def build_report(model: str, search: SearchConfig, curves: list[CapacityCurve], peak_rps: float | None,
                  cost_model: CostModel | None = None, target_utilization: float = 0.8,
-                 min_rps: float = 0.0) -> CapacityReport:
+                 min_rps: float = 0.0, downscale_delay_s: float = 60.0) -> CapacityReport:
     plans = []
     if peak_rps is not None:
-        plans = [plan_capacity(c, peak_rps, search.slo_p95_ms, cost_model, target_utilization, min_rps)
+        plans = [plan_capacity(c, peak_rps, search.slo_p95_ms, cost_model, target_utilization, min_rps,
+                               downscale_delay_s=downscale_delay_s)
                  for c in curves if c.capacity_rps > 0]
     best = min(plans, key=lambda p: p.cost_per_hour).label if plans else None
     return CapacityReport(model, search.slo_p95_ms, search.max_error_rate, peak_rps, curves, plans, best)

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--replica-kinds", default="cpu-1", help="comma-separated replica kinds (default cpu-1)")
     c.add_argument("--batching", default="8:2", help="MAX_BATCH:WAIT_MS list (default 8:2)")
     c.add_argument("--utilization", type=float, default=0.8, help="target share of capacity per replica (0.8)")
+    c.add_argument("--downscale-delay-s", type=float, default=60.0,
+                   help="scale-down delay in the recommended slo policy config (default 60)")
     c.add_argument("--step", default="10s", help="length of each load step (default 10s)")
     c.add_argument("--start-rps", type=float, default=10.0)
     c.add_argument("--growth", type=float, default=1.6, help="coarse step factor (default 1.6)")
@@ -289,7 +291,8 @@ def _capacity(args) -> int:
                 curves.append(curve)
         finally:
             stop_model(args.model, started)
-    report = build_report(args.model, search, curves, args.peak_rps, cost, args.utilization, args.min_rps)
+    report = build_report(args.model, search, curves, args.peak_rps, cost, args.utilization, args.min_rps,
+                          args.downscale_delay_s)
     paths = write_capacity_report(report, out)
     _print_capacity(report, paths, out)
     return EXIT_OK
