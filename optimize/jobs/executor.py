@@ -19,6 +19,7 @@ from optimize._errors import UserError
 from optimize.jobs.models import Compute, Job, JobRun
 
 TIMED_OUT_EXIT = 124  # the runner's exit code when it stopped the command at its max run time (as GNU timeout)
+AGENT_WAIT_S = 60.0  # how long to retry a submission while a fresh head's job agent comes up
 MISSING = "MISSING"  # Ray has no job with this submission id
 
 
@@ -133,14 +134,21 @@ class RayJobs:
             kwargs["entrypoint_memory"] = int(run.compute.memory_mb * 2**20)
         if run.compute.resources:
             kwargs["entrypoint_resources"] = dict(run.compute.resources)
-        try:
-            self.client.submit_job(
-                entrypoint=build_entrypoint(job, run), submission_id=run.submission_id,
-                runtime_env={"env_vars": env}, metadata={"optiserve_run": run.id, "optiserve_job": run.job},
-                entrypoint_num_cpus=run.compute.cpus, entrypoint_num_gpus=run.compute.gpus, **kwargs,
-            )
-        except (ConnectionError, RuntimeError) as exc:
-            raise UserError(f"Ray did not accept run {run.id}: {str(exc).splitlines()[0]}") from exc
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                self.client.submit_job(
+                    entrypoint=build_entrypoint(job, run), submission_id=run.submission_id,
+                    runtime_env={"env_vars": env}, metadata={"optiserve_run": run.id, "optiserve_job": run.job},
+                    entrypoint_num_cpus=run.compute.cpus, entrypoint_num_gpus=run.compute.gpus, **kwargs,
+                )
+                return
+            except (ConnectionError, RuntimeError) as exc:
+                # A head that just started answers before its job agent registers: Ray says to try again.
+                if "No available agent" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
+                raise UserError(f"Ray did not accept run {run.id}: {str(exc).splitlines()[0]}") from exc
 
     def status(self, submission_id: str) -> RayStatus:
         try:

@@ -32,7 +32,7 @@ sha = hashlib.sha256(data).hexdigest()
 with open(os.path.join(args.out, "model.pt"), "wb") as f:
     f.write(data + args.tag.encode())
 report = {"artifact_sha256": sha, "tag": args.tag, "env": os.environ.get("TAG_ENV", ""),
-          "started": started, "ended": time.time()}
+          "started": started, "ended": time.time(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 with open(os.path.join(args.out, "report.json"), "w") as f:
     json.dump(report, f)
 print("fake recipe: done", flush=True)
