@@ -63,6 +63,7 @@ class Loaded:
     batcher: Batcher
     can_merge: bool
     stamp: tuple
+    providers: list[str]
 
 
 def _stamp(repo: Path, name: str, version: str) -> tuple:
@@ -150,7 +151,7 @@ class ModelRuntime:
             run, max_rows=self.cfg.max_batch_size, wait_s=self.cfg.batch_wait_timeout_s,
             max_queue=self.cfg.max_queue, can_merge=can_merge, on_batch=on_batch,
         )
-        return Loaded(version, manifest, batcher, can_merge, stamp)
+        return Loaded(version, manifest, batcher, can_merge, stamp, list(session.get_providers()))
 
     def load_initial(self) -> None:
         """Blocking first load (replica start); raises UserError when no version of the model loads."""
@@ -238,6 +239,8 @@ class ModelRuntime:
         return {
             "name": self.name, "default_version": self.default, "versions": sorted(self.versions, key=int),
             "failed_versions": {v: reason for v, (_, reason) in sorted(self.failed.items())},
+            "device": self.cfg.device,
+            "providers": self.versions[self.default].providers if self.default in self.versions else [],
             "stats": self.autoscaling_stats(),
         }
 

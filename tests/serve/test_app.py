@@ -259,3 +259,27 @@ def test_status_and_prometheus_metrics(server):
 
     text = wait_for(scrape, timeout_s=90, what="optiserve metrics on Ray's Prometheus endpoint")
     assert 'model="mlp"' in text and "optiserve_request_latency_ms" in text and "optiserve_queue_depth" in text
+
+
+def test_deployment_with_an_autoscale_policy_serves(server):
+    """The autoscale/ adapter's config (custom policy function) deploys and the replica reports its metrics hook."""
+    from ray import serve as rs
+
+    from autoscale import metrics as m
+    from autoscale.ray_adapter import build_autoscaling_config
+    from serve._deploy import model_app_args
+    from serve.app import MODEL_DEPLOYMENT, model_app
+    from serve.config import ServeConfig
+
+    scaling = build_autoscaling_config("queue", None, 1, 2)
+    args = model_app_args(server["repo"], "tiny", ServeConfig(poll_interval_s=5), None, scaling)
+    rs.run(model_app(args), name="optiserve-autoscaled", route_prefix="/autoscaled")
+    try:
+        x = np.zeros((1, 64), np.float32)
+        resp = httpx.post(f"http://127.0.0.1:{server['info'].port}/autoscaled/infer", json=body(x), timeout=60)
+        assert resp.status_code == 200
+        handle = rs.get_deployment_handle(MODEL_DEPLOYMENT, app_name="optiserve-autoscaled")
+        stats = handle.record_autoscaling_stats.remote().result(timeout_s=30)
+        assert set(stats) == set(m.ALL) and stats[m.ARRIVAL_RATE_RPS] > 0
+    finally:
+        rs.delete("optiserve-autoscaled")
