@@ -283,3 +283,16 @@ def test_deployment_with_an_autoscale_policy_serves(server):
         assert set(stats) == set(m.ALL) and stats[m.ARRIVAL_RATE_RPS] > 0
     finally:
         rs.delete("optiserve-autoscaled")
+
+
+def test_fuzz_the_live_server_from_its_openapi_document(server, helpers):
+    """Through the real Serve proxy: no generated request gets a 5xx (503 only as overload, with Retry-After)."""
+    c = server["client"]
+    doc = c.get("/openapi.json").json()
+    failures = []
+    for method, path, payload in helpers.fuzz_cases(doc, n=150, seed=7, models={"mlp": (64,), "cnn": (1, 8, 8)}):
+        resp = c.request(method, path, json=payload)
+        if resp.status_code >= 500 and not (resp.status_code == 503 and "retry-after" in resp.headers):
+            failures.append((resp.status_code, method, path, resp.text[:200]))
+    assert not failures, failures[:5]
+    assert c.get("/v2/health/ready").status_code == 200  # every replica still up
