@@ -12,14 +12,6 @@ from serve._codec import InferenceRequest, InferError
 from serve._model import ModelRuntime
 from serve.config import ModelConfig
 
-H = None
-
-
-@pytest.fixture(autouse=True)
-def _helpers(helpers):
-    global H
-    H = helpers
-
 
 def request(x: np.ndarray) -> InferenceRequest:
     return InferenceRequest(inputs=[{"name": "input", "shape": list(x.shape), "datatype": "FP32",
@@ -32,17 +24,17 @@ def reference(repo, name, version, x):
 
 
 @pytest.fixture
-def fresh_repo(tmp_path):
+def fresh_repo(tmp_path, helpers):
     repo = tmp_path / "models"
-    H.publish(repo, "mlp", seed=1, tmp=tmp_path)
+    helpers.publish(repo, "mlp", seed=1, tmp=tmp_path)
     return repo
 
 
-def test_serves_newest_version_and_named_versions(repo):
+def test_serves_newest_version_and_named_versions(repo, helpers):
     rt = ModelRuntime(repo, "mlp", ModelConfig())
     rt.load_initial()
     assert rt.default == "2" and sorted(rt.versions) == ["1", "2"]
-    x = H.rows(5)
+    x = helpers.rows(5)
 
     async def main():
         latest = await rt.infer(request(x))
@@ -66,10 +58,10 @@ def test_pinned_version_is_served_even_when_newer_exist(repo):
     assert rt.default == "1" and list(rt.versions) == ["1"]
 
 
-def test_roll_out_switches_without_failing_requests_in_flight(fresh_repo, tmp_path):
+def test_roll_out_switches_without_failing_requests_in_flight(fresh_repo, tmp_path, helpers):
     rt = ModelRuntime(fresh_repo, "mlp", ModelConfig(max_versions=1, batch_wait_timeout_ms=1))
     rt.load_initial()
-    x = H.rows(2)
+    x = helpers.rows(2)
 
     async def main():
         async def traffic():
@@ -81,7 +73,7 @@ def test_roll_out_switches_without_failing_requests_in_flight(fresh_repo, tmp_pa
 
         task = asyncio.ensure_future(traffic())
         await asyncio.sleep(0.03)
-        H.publish(fresh_repo, "mlp", seed=5, tmp=tmp_path)
+        helpers.publish(fresh_repo, "mlp", seed=5, tmp=tmp_path)
         await rt.refresh()
         return await task
 
@@ -91,27 +83,27 @@ def test_roll_out_switches_without_failing_requests_in_flight(fresh_repo, tmp_pa
 
 
 @pytest.mark.parametrize("damage", ["checksum", "corrupt", "manifest"])
-def test_failed_roll_out_keeps_the_old_version_and_reports_why(fresh_repo, tmp_path, damage):
+def test_failed_roll_out_keeps_the_old_version_and_reports_why(fresh_repo, tmp_path, damage, helpers):
     rt = ModelRuntime(fresh_repo, "mlp", ModelConfig())
     rt.load_initial()
-    bad = H.publish(fresh_repo, "mlp", seed=6, tmp=tmp_path)
+    bad = helpers.publish(fresh_repo, "mlp", seed=6, tmp=tmp_path)
     if damage == "manifest":
         (version_dir(fresh_repo, "mlp", bad) / "manifest.json").write_text("{not json")
     else:
-        H.corrupt(fresh_repo, "mlp", bad, keep_checksum=damage == "corrupt")
+        helpers.corrupt(fresh_repo, "mlp", bad, keep_checksum=damage == "corrupt")
     asyncio.run(rt.refresh())
     assert rt.default == "1" and bad in rt.status()["failed_versions"]
     reason = rt.status()["failed_versions"][bad]
     assert {"checksum": "sha256", "corrupt": "onnxruntime cannot load", "manifest": "not a valid manifest"}[damage] \
         in reason
     with pytest.raises(InferError) as exc:
-        asyncio.run(rt.infer(request(H.rows(1)), bad))
+        asyncio.run(rt.infer(request(helpers.rows(1)), bad))
     assert exc.value.status == 404 and "failed to load" in exc.value.message
-    assert asyncio.run(rt.infer(request(H.rows(1)))).model_version == "1"
+    assert asyncio.run(rt.infer(request(helpers.rows(1)))).model_version == "1"
 
 
-def test_no_loadable_version_is_a_user_error(fresh_repo):
-    H.corrupt(fresh_repo, "mlp", "1")
+def test_no_loadable_version_is_a_user_error(fresh_repo, helpers):
+    helpers.corrupt(fresh_repo, "mlp", "1")
     with pytest.raises(UserError, match="no version that can be served"):
         ModelRuntime(fresh_repo, "mlp", ModelConfig()).load_initial()
 
