@@ -17,7 +17,8 @@ from .runner import run_locust
 from .shapes import staircase
 from .stats import summarize
 
-WARMUP_S = 1.0
+WARMUP_S = 1.0  # dropped at the start of every stair (the queue adjusts to the new rate)
+LEAD_IN_S = 3.0  # a first stair at the lowest rate, not measured: Locust spawning users, connections opening
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def locust_measure(url: str, model: str, bodies: list[dict], work_dir: Path, slo
     runs = iter(range(1_000_000))
 
     def measure(rates: Sequence[float], step_s: float) -> list[StepMeasurement]:
-        trace = staircase(list(rates), step_s)
+        trace = staircase(list(rates), step_s, LEAD_IN_S)
         k = next(runs)
         if log:
             log(f"  step load {k}: {', '.join(f'{r:g}' for r in rates)} req/s, {step_s:g} s each")
@@ -63,12 +64,12 @@ def locust_measure(url: str, model: str, bodies: list[dict], work_dir: Path, slo
                          abort_p95_ms=slo_p95_ms * abort_factor, abort_window_s=step_s)
         out = []
         for j, rate in enumerate(rates):
-            t0, t1 = j * step_s + WARMUP_S, (j + 1) * step_s
+            t0, t1 = LEAD_IN_S + j * step_s + WARMUP_S, LEAD_IN_S + (j + 1) * step_s
             if t1 > run.duration_s + 0.5:
                 break  # stopped early: the rest was not measured
             s = summarize(run.records.window(t0, t1), t1 - t0)
             out.append(StepMeasurement(float(rate), s.achieved_rps, s.p50_ms, s.p95_ms, s.p99_ms, s.error_rate,
-                                       s.requests))
+                                       s.requests, duration_s=t1 - t0))
             if log:
                 log(f"    {rate:7.1f} req/s offered -> {s.achieved_rps:7.1f} ok/s, p95 {s.p95_ms:7.1f} ms, "
                     f"errors {s.error_rate:.1%}")

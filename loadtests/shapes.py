@@ -56,10 +56,11 @@ def build_trace(shape: str, duration_s: float, params: dict | None = None, csv_p
     return make_trace(shape, duration_s, **(params or {}))
 
 
-def staircase(rates_rps: list[float], step_s: float) -> Trace:
-    """Constant stairs of `step_s` each, for step-load capacity searches."""
+def staircase(rates_rps: list[float], step_s: float, lead_in_s: float = 0.0) -> Trace:
+    """Constant stairs of `step_s` each, for step-load capacity searches; an optional lead-in at the first rate."""
     per_s = np.repeat(np.asarray(rates_rps, float), max(1, int(round(step_s))))
-    return make_trace("replay", rates_rps=per_s.tolist())
+    lead = np.full(int(round(lead_in_s)), float(rates_rps[0]))
+    return make_trace("replay", rates_rps=np.concatenate([lead, per_s]).tolist())
 
 
 def trace_to_dict(trace: Trace) -> dict:

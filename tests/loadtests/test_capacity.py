@@ -99,3 +99,19 @@ def test_plan_rejects_unreachable_or_bad_peak():
         plan_capacity(curve, peak_rps=0, slo_p95_ms=50)
     with pytest.raises(UserError):
         SearchConfig(slo_p95_ms=50, growth=1.0)
+
+
+def test_poisson_shortfall_at_low_rates_is_not_saturation():
+    # 10 req/s for 4 s: 28 answers instead of 40 is within 3 sigma (~19); 15 is not
+    def measure(rates, step_s):
+        return [StepMeasurement(r, (7.0 if r == 10 else r), 5, 6, 7, 0.0, 30, duration_s=4.0) for r in rates]
+
+    curve = find_capacity(measure, SearchConfig(slo_p95_ms=50, start_rps=10, growth=2, max_rps=40))
+    assert curve.steps[0].passed and curve.limited_by == "max_rps"
+
+    def saturated(rates, step_s):
+        return [StepMeasurement(r, 3.75, 5, 6, 7, 0.0, 15, duration_s=4.0) for r in rates]
+
+    curve = find_capacity(saturated, SearchConfig(slo_p95_ms=50, start_rps=10, growth=2, max_rps=40,
+                                                  refine_steps=0))
+    assert curve.limited_by == "unreachable" and not curve.steps[0].passed

@@ -44,3 +44,9 @@ def test_build_trace_uses_autoscale_traces():
         build_trace("sawtooth", 30)
     with pytest.raises(UserError):
         build_trace("step", 30, {"nope": 1})
+
+
+def test_staircase_lead_in():
+    t = staircase([5, 10], 2, lead_in_s=3)
+    assert t.duration_s == 7
+    assert [t.rate_at(x + 0.5) for x in range(7)] == [5, 5, 5, 5, 5, 10, 10]
