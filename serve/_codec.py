@@ -147,7 +147,7 @@ def _decode_tensor(tensor: RequestInput, spec: TensorSpec) -> np.ndarray:
     count = math.prod(shape)
     try:
         values = np.asarray(tensor.data)
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise InferError(400, f"input {name!r}: data must be a flat or regularly nested list of numbers") from None
     if values.size != count:
         raise InferError(400, f"input {name!r} has {values.size} elements, shape {shape} needs {count}")

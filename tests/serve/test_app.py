@@ -296,3 +296,17 @@ def test_fuzz_the_live_server_from_its_openapi_document(server, helpers):
             failures.append((resp.status_code, method, path, resp.text[:200]))
     assert not failures, failures[:5]
     assert c.get("/v2/health/ready").status_code == 200  # every replica still up
+
+
+def test_modelserve_status_cli_reads_the_live_app(server):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("modelserve")
+    env = {**os.environ, "RAY_ADDRESS": server["info"].address}
+    out = subprocess.run([str(script), "status", "--json"], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["mlp"]["app_status"] == "RUNNING" and report["mlp"]["replicas"]["running"] >= 1
