@@ -188,6 +188,7 @@ class JobService:
     def wait(self, run_id: str, timeout_s: float | None = None, poll_s: float = 0.5) -> JobRun:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
+            self.reconcile()  # every active run, not just this one: their records and hooks stay current too
             run = self.get_run(run_id)
             if run.state.terminal:
                 return run
