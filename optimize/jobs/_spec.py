@@ -60,7 +60,8 @@ def create_job_from_args(service, args, overrides: dict) -> Job:
         logs = LogSettings(**spec.get("logs", {}))
         if args.no_keep_logs:
             logs = LogSettings(keep=False, max_kept_mb=logs.max_kept_mb)
-        hooks = [Hook(**h) for h in spec.get("hooks", [])]
+        # YAML 1.1 reads a bare `on:` key as the boolean true; take it back
+        hooks = [Hook(**{("on" if k is True else k): v for k, v in h.items()}) for h in spec.get("hooks", [])]
         on = tuple(s.strip() for s in args.hook_on.split(",") if s.strip())
         hooks += [Hook("shell", on=on, command=c) for c in args.hook_shell]
         hooks += [Hook("http", on=on, url=u) for u in args.hook_url]

@@ -201,3 +201,21 @@ def test_records_survive_a_killed_submitter(env):
         JobService(watcher=False).reconcile()
     assert svc.store.events(run_id) == events
     assert [e.state for e in events] == [S.ACCEPTED, S.IN_PROGRESS, S.SUCCEEDED]
+
+
+def test_cli_run_wait_follow_logs_and_events(env, capsys):
+    from optimize.cli import main
+
+    assert main(["jobs", "run", "fake", "--arg=--tag cli --sleep 2", "--env", "TAG_ENV=from-cli", "--json"]) == 0
+    run_id = json.loads(capsys.readouterr().out)["id"]
+    assert main(["runs", "logs", run_id, "--follow"]) == 0  # streams while it runs, returns when it ends
+    out, err = capsys.readouterr()
+    assert "fake recipe: tag=cli env=from-cli" in out and "fake recipe: done" in out
+    assert f"run {run_id} succeeded" in err
+    assert main(["runs", "events", run_id, "--json"]) == 0
+    events = json.loads(capsys.readouterr().out)
+    assert [e["state"] for e in events] == ["accepted", "in_progress", "succeeded"]
+    assert main(["jobs", "run", "fake", "--arg=--fail", "--wait"]) == 1  # verdict: the run failed
+    assert "failed" in capsys.readouterr().out
+    assert main(["runs", "list", "--job", "fake", "--state", "failed", "--json"]) == 0
+    assert all(r["state"] == "failed" for r in json.loads(capsys.readouterr().out))
