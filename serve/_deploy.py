@@ -106,7 +106,7 @@ def _connect(address: str | None) -> str | None:
     from optimize.ray_cluster import ensure_cluster
 
     cluster = ensure_cluster(address)
-    ray.init(address=cluster.address, log_to_driver=False)
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
     return cluster.address
 
 

@@ -74,9 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_ray() -> None:
+    import logging
+
+    # The CLI prints its own summary; Serve resets its logger's level when it starts, not `disabled`.
+    logging.getLogger("ray.serve").disabled = True
+
+
 def _start(args: argparse.Namespace) -> int:
     from serve import start_app
 
+    _quiet_ray()
     if args.autoscaling_config and not args.autoscaling_policy:
         raise UserError("--autoscaling-config needs --autoscaling-policy")
     info = start_app(
@@ -112,6 +120,7 @@ def _connect_existing(address: str | None) -> bool:
 
 
 def _status(args: argparse.Namespace) -> int:
+    _quiet_ray()
     if not _connect_existing(args.address):
         raise UserError("no running server found: start one with `modelserve start --repository REPO`")
     from serve import status
