@@ -21,7 +21,7 @@ from pathlib import Path
 from optimize._errors import UserError
 from optimize.jobs._artifacts import store_artifact
 from optimize.jobs._observe import Step, decide, not_submitted
-from optimize.jobs.executor import ClusterUnreachable, RayJobs, RayStatus, fits_on_some_node
+from optimize.jobs.executor import MISSING, ClusterUnreachable, RayJobs, RayStatus, fits_on_some_node
 from optimize.jobs.hooks import fire
 from optimize.jobs.models import (
     Compute,
@@ -39,6 +39,7 @@ from optimize.jobs.store import Store
 from optimize.ray_cluster import ensure_cluster, state_dir
 
 CLUSTER_START_TIMEOUT_S = 180  # a fresh local head takes a minute on a busy 2-core machine
+MAX_TRIGGER_CHAIN = 20  # runs started by hooks, one after another, before a chain is cut
 ACTIVE = {RunState.ACCEPTED, RunState.IN_PROGRESS, RunState.CANCELING}
 
 
@@ -229,8 +230,6 @@ class JobService:
     def observe(self, run: JobRun) -> JobRun:
         """Look at one run's Ray job and record what changed (hooks fire later, in dispatch_hooks)."""
         now = time.time()
-        if run.submitted_at is None:
-            return self._apply(run, not_submitted(run, now).steps, None)
         if not _pid_alive(run.cluster_pid):
             return self._apply(run, [Step(RunState.FAILED, "the local Ray cluster that ran it has stopped")], None)
         ray = self._ray(run.dashboard_url)
@@ -238,6 +237,10 @@ class JobService:
             status = ray.status(run.submission_id)
         except ClusterUnreachable:
             return run  # maybe transient; the next look decides
+        if run.submitted_at is None:  # its submitter died around submit_job: did Ray get it?
+            if status.status == MISSING:
+                return self._apply(run, not_submitted(run, now).steps, None)
+            run = self.store.update_run(run.id, submitted_at=status.start_time_s or now)
         decision = decide(run, status, now)
         if decision.stop:
             try:
@@ -267,6 +270,7 @@ class JobService:
             try:
                 text = self._ray(run.dashboard_url).logs(run.submission_id)
                 limit = int(job_logs.max_kept_mb * 2**20)
+                run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "run.log").write_text(text[-limit:])
             except ClusterUnreachable:
                 pass
@@ -306,4 +310,10 @@ class JobService:
             self.store.finish_event(event.id, status, "; ".join(detail for _, detail in results))
 
     def _trigger(self, job: str, args: list[str], env: dict[str, str], artifact: Path | None, by: str) -> str:
+        depth, cause = 0, by
+        while cause is not None:  # a job may trigger itself (iterative pruning), but not forever
+            depth += 1
+            if depth > MAX_TRIGGER_CHAIN:
+                raise UserError(f"not starting {job}: run {by} ends a chain of {MAX_TRIGGER_CHAIN} triggered runs")
+            cause = self.store.get_run(cause).triggered_by
         return self.run(job, env=env, args=args, artifact=artifact, triggered_by=by).id
