@@ -121,8 +121,11 @@ class RayJobs:
 
         deadline = time.monotonic() + wait_s
         while True:
-            nodes = [n.resources_total for n in list_nodes(address=self.dashboard_url, detail=True)
-                     if n.state == "ALIVE"]
+            try:
+                listed = list_nodes(address=self.dashboard_url, detail=True)
+            except Exception as exc:  # ServerUnavailable, connection errors: Ray's own classes vary by version
+                raise ClusterUnreachable(str(exc).splitlines()[0]) from exc
+            nodes = [n.resources_total for n in listed if n.state == "ALIVE"]
             if nodes or time.monotonic() > deadline:
                 return nodes
             time.sleep(0.5)

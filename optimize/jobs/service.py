@@ -120,7 +120,12 @@ class JobService:
             raise UserError(f"jobs need the Ray Jobs API: give the cluster's dashboard address "
                             f"(e.g. --address http://HEAD:8265), not {cluster.address}")
         ray = self._ray(cluster.dashboard_url)
-        problem = fits_on_some_node(compute, ray.node_resources())
+        try:
+            nodes = ray.node_resources()
+        except ClusterUnreachable as exc:
+            raise UserError(f"cannot reach the Ray Jobs API at {cluster.dashboard_url}; check --address / "
+                            "RAY_ADDRESS (the dashboard address, e.g. http://HEAD:8265)") from exc
+        problem = fits_on_some_node(compute, nodes)
         if problem:
             raise UserError(problem)
         artifact_path, sha = job.artifact_path, job.artifact_sha256
@@ -143,6 +148,10 @@ class JobService:
         self.store.add_run(run, reason)  # recorded before Ray sees it: a crash leaves a record, never a stray run
         try:
             ray.submit(job, run)
+        except ClusterUnreachable as exc:
+            self.store.transition(run.id, RunState.FAILED, f"Ray did not answer: {exc}", ended_at=time.time())
+            self.dispatch_hooks()
+            raise UserError(f"run {run.id} failed: the Ray Jobs API at {cluster.dashboard_url} did not answer") from exc
         except UserError as exc:
             self.store.transition(run.id, RunState.FAILED, str(exc), ended_at=time.time(), message=str(exc))
             self.dispatch_hooks()
