@@ -13,6 +13,9 @@ from optimize.jobs.executor import MISSING, TIMED_OUT_EXIT, RayStatus
 from optimize.jobs.models import JobRun, RunState
 
 DEADLINE_GRACE_S = 15.0  # the runner stops a run at its limit; the watcher steps in only when that failed
+# the project's exit-code convention (optimize._errors); other commands' codes are shown as they are
+EXIT_MEANINGS = {1: " (its verdict failed: see the log and the report in its outputs)",
+                 2: " (it rejected its arguments or input)"}
 SUBMIT_GRACE_S = 120.0  # a run recorded but never handed to Ray for this long: its submitter died
 
 
@@ -65,7 +68,8 @@ def decide(run: JobRun, ray: RayStatus, now: float) -> Decision:
         if ray.exit_code == TIMED_OUT_EXIT:
             return Decision(started + [Step(S.TIMED_OUT, f"exceeded its max run time of {run.max_runtime_s:g} s; "
                                             "stopped", ray.end_time_s)])
-        return Decision(started + [Step(S.FAILED, f"the command exited {ray.exit_code}", ray.end_time_s)])
+        meaning = EXIT_MEANINGS.get(ray.exit_code, "")
+        return Decision(started + [Step(S.FAILED, f"the command exited {ray.exit_code}{meaning}", ray.end_time_s)])
     if ray.status == "STOPPED":
         reason = "canceled" if run.state == S.CANCELING else "stopped outside optiserve (e.g. `ray job stop`)"
         return Decision([Step(S.CANCELED, reason, ray.end_time_s)])

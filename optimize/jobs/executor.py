@@ -180,6 +180,9 @@ class RayJobs:
 
     def follow(self, submission_id: str) -> Iterator[str]:
         """Log chunks as they are written, until the job ends (Ray's websocket tail)."""
+        import logging
+
+        logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # "WebSocket closed" noise
         agen = self.client.tail_job_logs(submission_id)
         loop = asyncio.new_event_loop()
         try:

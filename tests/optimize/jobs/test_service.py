@@ -102,7 +102,7 @@ def test_failing_run_keeps_error_and_logs(env):
     svc = env["service"]
     run = svc.run("fake", args=["--fail"], wait=True, wait_timeout_s=120)
     assert run.state == S.FAILED and run.exit_code == 3
-    assert "exited 3" in run.message and "bad calibration data" in run.message
+    assert "exited 3" in run.message and "verdict" not in run.message and "bad calibration data" in run.message
     kept = Path(run.output_dir).parent / "run.log"
     assert "bad calibration data" in kept.read_text() and svc.logs(run.id) == kept.read_text()
 
