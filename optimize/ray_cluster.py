@@ -71,8 +71,33 @@ def _recorded(directory: Path) -> Cluster | None:
         return None
 
 
+def use_token_auth_if_available() -> None:
+    """Make this process (and its children) send Ray's auth token when ~/.ray/auth_token exists.
+
+    Ray 2.60 turns token auth on for a head started where that file exists (any local `ray.init()` creates it),
+    but its clients send the token only when RAY_AUTH_MODE says so; without this, connecting to such a head
+    fails with 401s. An explicit RAY_AUTH_MODE is respected. Uses a private Ray helper: skipped if it moves.
+    """
+    import logging
+
+    try:
+        from ray._private.authentication import authentication_token_setup as setup
+    except ImportError:
+        return
+    logger = logging.getLogger(setup.__name__)
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its "token auth is enabled" warning is noise for a CLI
+    try:
+        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    except Exception:  # noqa: BLE001 - best effort: without it, connecting reports the real error
+        pass
+    finally:
+        logger.setLevel(level)
+
+
 def ensure_cluster(address: str | None = None, num_cpus: int = DEFAULT_NUM_CPUS, timeout_s: float = 60) -> Cluster:
     """Return a running cluster: the given/RAY_ADDRESS one, our recorded local head, or a new local head."""
+    use_token_auth_if_available()  # the head we may start and every client of it must agree on auth
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         dashboard = address if address.startswith("http") else None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from optimize._errors import UserError
 from optimize.jobs.models import Compute, Job, JobRun
+from optimize.ray_cluster import use_token_auth_if_available
 
 TIMED_OUT_EXIT = 124  # the runner's exit code when it stopped the command at its max run time (as GNU timeout)
 AGENT_WAIT_S = 60.0  # how long to retry a submission while a fresh head's job agent comes up
@@ -78,31 +79,13 @@ class ClusterUnreachable(Exception):
     """The dashboard (Jobs API) did not answer."""
 
 
-def _use_token_auth_if_available() -> None:
-    """Send Ray's auth token when one exists (~/.ray/auth_token): a head started where it exists requires it,
-    and Ray's clients only send it when RAY_AUTH_MODE says so. A private Ray helper: skipped if it moves."""
-    try:
-        import logging
-
-        from ray._private.authentication import authentication_token_setup as setup
-    except ImportError:
-        return
-    logger = logging.getLogger(setup.__name__)
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # its "token auth is enabled" warning is noise for a CLI
-    try:
-        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    finally:
-        logger.setLevel(level)
-
-
 class RayJobs:
     """A thin client of one cluster's Jobs API."""
 
     def __init__(self, dashboard_url: str) -> None:
         self.dashboard_url = dashboard_url
         self._client = None
-        _use_token_auth_if_available()
+        use_token_auth_if_available()
 
     @property
     def client(self):
