@@ -1,7 +1,7 @@
 """Load-test benchmark: the capacity plan for the example model, then a live-versus-simulated validation run
 per autoscaling policy on the step and diurnal traces (`loadtest capacity` and `loadtest validate`).
 
-    .venv/bin/python benchmarks/bench_loadtest.py [--repository build/demo/repository] [--duration 90s]
+    .venv/bin/python benchmarks/bench_loadtest.py [--repository build/demo/repository] [--duration 120s]
 
 Builds the example digits MLP and quantizes it into build/bench/loadtest when no repository is given.
 Prints a Markdown table (for BENCHMARKS.md) and writes build/bench/loadtest/summary.json. Every policy
@@ -45,8 +45,9 @@ def policy_configs(capacity_rps: float, slo_ms: float, delay_s: float) -> dict[s
     cap = {"slo_p95_ms": slo_ms, "capacity_rps_per_replica": round(capacity_rps, 2), "headroom": 0.25,
            "downscale_delay_s": delay_s}
     return {
-        "queue": {"queue": {"target_ongoing_requests": 2.0, "upscale_delay_s": 3.0, "downscale_delay_s": delay_s}},
-        "target-tracking": {"target-tracking": {"target_ongoing_per_replica": 2.0,
+        "queue": {"queue": {"target_ongoing_requests": 2.0, "upscale_delay_s": 3.0, "downscale_delay_s": delay_s,
+                            "look_back_period_s": 12.0}},
+        "target-tracking": {"target-tracking": {"target_ongoing_per_replica": 2.0, "stable_window_s": 20.0,
                                                 "scale_down_stabilization_s": delay_s}},
         "slo": {"slo": cap},
         "predictive": {"predictive": cap},
@@ -58,7 +59,7 @@ def main() -> int:
     ap.add_argument("--repository", help="model repository holding digits-mlp (default: build one)")
     ap.add_argument("--samples", help="eval.npz of realistic inputs")
     ap.add_argument("--out", default="build/bench/loadtest")
-    ap.add_argument("--duration", default="90s")
+    ap.add_argument("--duration", default="120s")
     ap.add_argument("--slo-p95-ms", type=float, default=100.0)
     ap.add_argument("--policies", default="queue,target-tracking,slo,predictive")
     ap.add_argument("--traces", default="step,diurnal")

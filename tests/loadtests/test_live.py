@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
-import time
+import sys
 
 import pytest
 
@@ -101,29 +100,37 @@ def _open_in_chromium(page, tmp_path) -> None:
     assert not console_errors and not failed_loads, "\n".join(console_errors + failed_loads)
 
 
-def _direct_benchmark(url: str, body: dict, seconds: float = 12.0, concurrency: int = 16) -> float:
-    """Closed-loop saturation: `concurrency` threads posting back to back; successful responses per second."""
-    import httpx
+_CLOSED_LOOP = """
+from locust import FastHttpUser, constant, task
 
-    data = json.dumps(body)
-    done = [0] * concurrency
-    stop = time.monotonic() + seconds
+BODY = open({body!r}).read()
 
-    def worker(i: int) -> None:
-        with httpx.Client(timeout=30) as client:
-            while time.monotonic() < stop:
-                r = client.post(f"{url}/v2/models/{MODEL}/infer", content=data,
-                                headers={"Content-Type": "application/json"})
-                done[i] += r.status_code == 200
 
-    # warm up, then measure
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(done) / (time.monotonic() - t0)
+class Saturate(FastHttpUser):
+    wait_time = constant(0)  # closed loop: each user sends its next request as soon as the last one returns
+
+    @task
+    def infer(self):
+        self.client.post("/v2/models/{model}/infer", data=BODY, headers={{"Content-Type": "application/json"}})
+"""
+
+
+def _direct_benchmark(url: str, body: dict, tmp_path, seconds: int = 12, concurrency: int = 32) -> float:
+    """Closed-loop saturation with `concurrency` users posting back to back (no pacing, no search):
+    successful responses per second. Locust's fast client in its own process, like the search, so the
+    client costs the same CPU on this 2-core machine and the comparison is about the method."""
+    (tmp_path / "body.json").write_text(json.dumps(body))
+    locustfile = tmp_path / "closed_loop.py"
+    locustfile.write_text(_CLOSED_LOOP.format(body=str(tmp_path / "body.json"), model=MODEL))
+    proc = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--host", url, "-u", str(concurrency),
+         "-r", str(concurrency), "--run-time", f"{seconds}s", "--json-file", str(tmp_path / "direct"),
+         "--only-summary", "--loglevel", "WARNING"], capture_output=True, text=True, timeout=seconds + 120)
+    stats = json.loads((tmp_path / "direct.json").read_text())
+    assert proc.returncode in (0, 1) and stats, proc.stderr[-2000:]
+    s = next(x for x in stats if x["name"].endswith("/infer"))
+    ok = s["num_requests"] - s["num_failures"]
+    return ok / (s["last_request_timestamp"] - s["start_time"])
 
 
 def test_capacity_search_matches_a_direct_benchmark(repo, ray_local, tmp_path):
@@ -137,12 +144,16 @@ def test_capacity_search_matches_a_direct_benchmark(repo, ray_local, tmp_path):
                              batch_wait_timeout_ms=2)
     url = start_model(repo, MODEL, config_path=cfg)
     bodies = bodies_from_repository(repo, MODEL, n=16)
-    direct = _direct_benchmark(url, bodies[0])
+    before = _direct_benchmark(url, bodies[0], tmp_path)
     # A loose objective: capacity is then the saturation throughput, which the direct benchmark measures.
-    search = SearchConfig(slo_p95_ms=1000, start_rps=max(direct / 4, 5), growth=1.5, step_s=5, refine_steps=3,
-                          max_rps=direct * 3)
+    search = SearchConfig(slo_p95_ms=1000, start_rps=max(before / 3, 5), growth=1.5, step_s=5, refine_steps=3,
+                          max_rps=before * 3)
     curve = find_capacity(locust_measure(url, MODEL, bodies, tmp_path, search.slo_p95_ms), search)
-    assert curve.capacity_rps == pytest.approx(direct, rel=0.2), (direct, curve)
+    # This machine is shared and noisy: the reference is the mean of a benchmark before and one after.
+    direct = (before + _direct_benchmark(url, bodies[0], tmp_path)) / 2
+    steps = [(s.offered_rps, round(s.achieved_rps), round(s.p95_ms), s.passed) for s in curve.steps]
+    print(f"direct benchmark {direct:.1f} req/s, capacity search {curve.capacity_rps:.1f} req/s, steps {steps}")
+    assert curve.capacity_rps == pytest.approx(direct, rel=0.2), (direct, steps)
     report = build_report(MODEL, search, [curve], peak_rps=direct * 4)
     paths = write_capacity_report(report, tmp_path / "capacity")
     assert report.plans[0].replicas_needed >= 4
