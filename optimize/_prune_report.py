@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from optimize.report import COLUMNS, VariantResult, rows
+from optimize.report import COLUMNS, VariantResult, VariantsReport, rows
 
 PRUNE_SCHEMA_VERSION = 1
 
 
 @dataclass
-class PruneReport:
+class PruneReport(VariantsReport):
+    KIND: ClassVar[str | None] = "prune"
+    SCHEMA: ClassVar[int] = PRUNE_SCHEMA_VERSION
+
     source: dict[str, Any]  # path, kind, sha256
     inputs: list[dict[str, Any]]
     cpu: dict[str, Any]
@@ -38,25 +40,6 @@ class PruneReport:
     kind: str = "prune"
     schema_version: int = PRUNE_SCHEMA_VERSION
 
-    def variant(self, name: str) -> VariantResult:
-        return next(v for v in self.variants if v.name == name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def save(self, path: Path) -> None:
-        tmp = Path(path).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: Path) -> PruneReport:
-        data = json.loads(Path(path).read_text())
-        if data.get("schema_version") != PRUNE_SCHEMA_VERSION or data.get("kind") != "prune":
-            raise ValueError(f"{path} is not a prune report of schema {PRUNE_SCHEMA_VERSION}")
-        names = {f.name for f in fields(VariantResult)}
-        variants = [VariantResult(**{k: v for k, v in d.items() if k in names}) for d in data["variants"]]
-        return cls(**{**data, "variants": variants})
 
 
 def to_markdown(report: PruneReport) -> str:

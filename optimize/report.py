@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 SCHEMA_VERSION = 1
 
@@ -39,8 +39,41 @@ class VariantResult:
     extra: dict[str, Any] = field(default_factory=dict)  # producer-specific facts (e.g. prune ratio, params)
 
 
+class VariantsReport:
+    """JSON and lookup methods shared by the reports that hold measured variants (quantize, prune, sweep).
+    Subclasses are dataclasses with `variants` and `schema_version` fields; `KIND` is their `kind` field's value
+    (None for the quantize report, which predates the field)."""
+
+    KIND: ClassVar[str | None] = None
+    SCHEMA: ClassVar[int] = SCHEMA_VERSION
+
+    def variant(self, name: str) -> VariantResult:
+        return next(v for v in self.variants if v.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        tmp = Path(path).with_suffix(".json.tmp")  # write then rename: a crash never leaves half a report
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        if data.get("schema_version") != cls.SCHEMA or data.get("kind") != cls.KIND:
+            raise ValueError(f"not a {cls.KIND or 'quantize'} report of schema {cls.SCHEMA} "
+                             f"(kind {data.get('kind')}, schema {data.get('schema_version')})")
+        names = {f.name for f in fields(VariantResult)}
+        variants = [VariantResult(**{k: v for k, v in d.items() if k in names}) for d in data["variants"]]
+        return cls(**{**data, "variants": variants})
+
+    @classmethod
+    def load(cls, path: Path):
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
 @dataclass
-class QuantizeReport:
+class QuantizeReport(VariantsReport):
     source: dict[str, Any]  # path, kind, sha256
     inputs: list[dict[str, Any]]  # name, shape (without batch), dtype
     cpu: dict[str, Any]
@@ -56,28 +89,6 @@ class QuantizeReport:
     created_unix_s: float = 0.0
     schema_version: int = SCHEMA_VERSION
 
-    def variant(self, name: str) -> VariantResult:
-        return next(v for v in self.variants if v.name == name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def save(self, path: Path) -> None:
-        tmp = Path(path).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QuantizeReport:
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"report schema {data.get('schema_version')} is not {SCHEMA_VERSION}")
-        names = {f.name for f in fields(VariantResult)}
-        variants = [VariantResult(**{k: v for k, v in d.items() if k in names}) for d in data["variants"]]
-        return cls(**{**data, "variants": variants})
-
-    @classmethod
-    def load(cls, path: Path) -> QuantizeReport:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:

@@ -10,20 +10,19 @@ marked. Output: report.json (typed), report.html (self-contained: inline PNG plo
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from optimize._errors import UserError
 from optimize._sweep_tasks import build_variant, prepare, run_all
 from optimize.cpu import choose_format, detect_cpu
 from optimize.loading import load_model
 from optimize.quantize import QuantizeConfig, measure_variants, resolve_inputs
-from optimize.report import VariantResult
+from optimize.report import VariantResult, VariantsReport
 from optimize.variants import CALIBRATION_METHODS
 
 QUANTIZATION = ("none", "dynamic", "static", "fp16")
@@ -110,7 +109,10 @@ def grid(config: SweepConfig) -> list[GridPoint]:
 
 
 @dataclass
-class SweepReport:
+class SweepReport(VariantsReport):
+    KIND: ClassVar[str | None] = "sweep"
+    SCHEMA: ClassVar[int] = SWEEP_SCHEMA_VERSION
+
     source: dict[str, Any]
     inputs: list[dict[str, Any]]
     cpu: dict[str, Any]
@@ -131,25 +133,6 @@ class SweepReport:
     kind: str = "sweep"
     schema_version: int = SWEEP_SCHEMA_VERSION
 
-    def variant(self, name: str) -> VariantResult:
-        return next(v for v in self.variants if v.name == name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def save(self, path: Path) -> None:
-        tmp = Path(path).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: Path) -> SweepReport:
-        data = json.loads(Path(path).read_text())
-        if data.get("kind") != "sweep" or data.get("schema_version") != SWEEP_SCHEMA_VERSION:
-            raise ValueError(f"{path} is not a sweep report of schema {SWEEP_SCHEMA_VERSION}")
-        names = {f.name for f in fields(VariantResult)}
-        return cls(**{**data, "variants": [VariantResult(**{k: v for k, v in d.items() if k in names})
-                                           for d in data["variants"]]})
 
 
 def quality(v: VariantResult, labelled: bool) -> float | None:
