@@ -1,11 +1,12 @@
 """Capacity search and capacity plan, pure: the load measurement is a function passed in.
 
-Search: a step load on ONE replica (a coarse geometric staircase, then a finer one between the last step
-that met the objective and the first that did not); a step passes when its p95 <= the objective, its
-error rate <= the maximum and it achieved (almost) the offered rate. Capacity = the highest throughput
-achieved by a passing step. Plan: for a target peak, the replicas needed at a target utilisation, cost
-per hour and per million inferences (autoscale's cost model), and a recommended autoscaling config for
-the `slo` policy. The questions SageMaker Inference Recommender and Triton Model Analyzer answer.
+Search: a step load on ONE replica: a coarse geometric staircase, then finer ones between the last step
+that met the objective and the first that did not, until that bracket is within 5 %. A step passes when
+its p95 <= the objective, its error rate <= the maximum and it achieved (almost) the offered rate.
+Capacity = the highest throughput achieved by a passing step. Plan: for a target peak, the replicas
+needed at a target utilisation, cost per hour and per million inferences (autoscale's cost model), and a
+recommended autoscaling config for the `slo` policy: the questions SageMaker Inference Recommender and
+Triton Model Analyzer answer.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class SearchConfig:
     max_rps: float = 2000.0
     max_coarse_steps: int = 10
     refine_steps: int = 3
+    refine_rounds: int = 2  # refinement runs at most (each narrows the bracket to a quarter with 3 steps)
     step_s: float = 10.0
     min_achieved_ratio: float = 0.9  # below this share of the offered rate the replica is saturated
 
@@ -59,8 +61,8 @@ class SearchConfig:
             raise UserError(f"--slo-p95-ms must be positive, got {self.slo_p95_ms}.")
         if not (self.start_rps > 0 and self.growth > 1 and self.max_rps >= self.start_rps):
             raise UserError("capacity search needs start_rps > 0, growth > 1 and max_rps >= start_rps.")
-        if self.step_s <= 0 or self.max_coarse_steps < 1 or self.refine_steps < 0:
-            raise UserError("step_s must be positive, max_coarse_steps >= 1 and refine_steps >= 0.")
+        if self.step_s <= 0 or self.max_coarse_steps < 1 or self.refine_steps < 0 or self.refine_rounds < 0:
+            raise UserError("step_s must be positive, max_coarse_steps >= 1, refine_steps and refine_rounds >= 0.")
 
     def coarse_rates(self) -> list[float]:
         rates, r = [], self.start_rps
@@ -122,14 +124,18 @@ def find_capacity(measure: MeasureFn, cfg: SearchConfig, *, label: str = "defaul
         lo = coarse[first_fail - 1].offered_rps if first_fail > 0 else 0.0
         hi = coarse[first_fail].offered_rps
         limited = _why(coarse[first_fail], cfg)
-        fine_rates = [round(lo + (hi - lo) * j / (cfg.refine_steps + 1), 3) for j in range(1, cfg.refine_steps + 1)]
-        fine_rates = [r for r in fine_rates if r > 0]
-        if fine_rates:
-            fine = [_judge(m, cfg) for m in measure(fine_rates, cfg.step_s)]
+        # Narrow the bracket [last pass, first fail] round by round until it is within 5 %.
+        for _ in range(cfg.refine_rounds if cfg.refine_steps else 0):
+            rates = [round(lo + (hi - lo) * j / (cfg.refine_steps + 1), 3) for j in range(1, cfg.refine_steps + 1)]
+            fine = [_judge(m, cfg) for m in measure([r for r in rates if r > 0], cfg.step_s)] if rates else []
             steps += fine
             fail = next((m for m in fine if not m.passed), None)
+            below = [m.offered_rps for m in fine if m.passed and (fail is None or m.offered_rps < fail.offered_rps)]
+            lo = max([lo, *below])
             if fail is not None:
-                limited = _why(fail, cfg)
+                hi, limited = fail.offered_rps, _why(fail, cfg)
+            if not fine or hi - lo <= 0.05 * hi:
+                break
     passing = [m for m in steps if m.passed]
     capacity = max((m.achieved_rps for m in passing), default=0.0)
     if not passing:

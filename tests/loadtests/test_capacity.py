@@ -115,3 +115,12 @@ def test_poisson_shortfall_at_low_rates_is_not_saturation():
     curve = find_capacity(saturated, SearchConfig(slo_p95_ms=50, start_rps=10, growth=2, max_rps=40,
                                                   refine_steps=0))
     assert curve.limited_by == "unreachable" and not curve.steps[0].passed
+
+
+def test_refinement_rounds_narrow_the_bracket():
+    measure, calls = fake_server(capacity_rps=100.0)
+    cfg = SearchConfig(slo_p95_ms=50.0, start_rps=10, growth=2, max_rps=1000, refine_steps=3, refine_rounds=3)
+    curve = find_capacity(measure, cfg)
+    # round 1: 50, 60, 70 pass -> bracket [70, 80]; round 2: 72.5 fails -> [70, 72.5] is within 5 %: stop
+    assert calls[2] == [72.5, 75.0, 77.5] and len(calls) == 3
+    assert curve.capacity_rps == pytest.approx(70.0)

@@ -151,7 +151,7 @@ def test_capacity_search_matches_a_direct_benchmark(repo, ray_local, tmp_path):
     curve = find_capacity(locust_measure(url, MODEL, bodies, tmp_path, search.slo_p95_ms), search)
     # This machine is shared and noisy: the reference is the mean of a benchmark before and one after.
     direct = (before + _direct_benchmark(url, bodies[0], tmp_path)) / 2
-    steps = [(s.offered_rps, round(s.achieved_rps), round(s.p95_ms), s.passed) for s in curve.steps]
+    steps = [(s.offered_rps, f"{s.achieved_rps:.0f} ok/s", f"p95 {s.p95_ms:.0f} ms", s.passed) for s in curve.steps]
     print(f"direct benchmark {direct:.1f} req/s, capacity search {curve.capacity_rps:.1f} req/s, steps {steps}")
     assert curve.capacity_rps == pytest.approx(direct, rel=0.2), (direct, steps)
     report = build_report(MODEL, search, [curve], peak_rps=direct * 4)
