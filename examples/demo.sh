@@ -14,10 +14,10 @@ $BIN/optimize quantize "$OUT/models/mlp/model.pt" \
   --eval-data "$OUT/models/mlp/eval.npz" \
   --out "$OUT/quantized/mlp" --publish "$OUT/repository" --name digits-mlp
 
-echo "== 3. prune the MLP (half its hidden units, 3 fine-tuning epochs), quantize it; publish if within budget"
+echo "== 3. prune the MLP (half its hidden units, 5 fine-tuning epochs), quantize it; publish if within budget"
 PRUNED=no
 if $BIN/optimize prune "$OUT/models/mlp/model.pt2" --ratio 0.5 --eval-data "$OUT/models/mlp/eval.npz" \
-     --finetune-data "$OUT/models/mlp/calibration.npz" --epochs 3 --out "$OUT/pruned/mlp" &&
+     --finetune-data "$OUT/models/mlp/calibration.npz" --epochs 5 --out "$OUT/pruned/mlp" &&
    $BIN/optimize quantize "$OUT/pruned/mlp/model.pt2" --calibration-data "$OUT/models/mlp/calibration.npz" \
      --eval-data "$OUT/models/mlp/eval.npz" --out "$OUT/pruned-quantized/mlp" \
      --publish "$OUT/repository" --name digits-mlp; then
