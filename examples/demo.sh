@@ -28,9 +28,6 @@ fi
 
 # Everything below runs on a Ray cluster of its own, recorded under $OUT/state and stopped on exit.
 export OPTISERVE_STATE_DIR="$OUT/state"
-# Ray 2.60 starts a head with token auth once ~/.ray/auth_token exists, but its clients send the token only
-# when RAY_AUTH_MODE says so.
-if [ -f "$HOME/.ray/auth_token" ] && [ -z "${RAY_AUTH_MODE:-}" ]; then export RAY_AUTH_MODE=token; fi
 SLO_MS=100
 
 echo "== 4. capacity: step load on one replica until p95 > ${SLO_MS} ms; plan replicas and cost for 200 req/s"

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from optimize._errors import UserError
+from optimize.ray_cluster import use_token_auth_if_available
 
 
 def replica_sampler(model: str, address: str | None = None):
@@ -26,7 +27,7 @@ def replica_sampler(model: str, address: str | None = None):
         address = address or os.environ.get("RAY_ADDRESS") or (app.address if app else None)
         if not address:
             return None
-        _token_auth_if_available()
+        use_token_auth_if_available()
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         except Exception:  # noqa: BLE001 - no cluster there: run without replica data
@@ -40,26 +41,6 @@ def replica_sampler(model: str, address: str | None = None):
             return None
 
     return sample if sample() is not None else None
-
-
-def _token_auth_if_available() -> None:
-    """Send Ray's auth token when ~/.ray/auth_token exists: a head started where it exists requires it, but
-    Ray's clients only send it when RAY_AUTH_MODE says so. Uses a private Ray helper; skipped if it moves."""
-    import logging
-
-    try:
-        from ray._private.authentication import authentication_token_setup as setup
-    except ImportError:
-        return
-    logger = logging.getLogger(setup.__name__)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    except Exception:  # noqa: BLE001 - best effort: without it, connecting reports the real error
-        pass
-    finally:
-        logger.setLevel(level)
 
 
 def replica_resources(replica_kind: str) -> dict:
@@ -130,7 +111,7 @@ def connect_ray(address: str | None = None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        _token_auth_if_available()
+        use_token_auth_if_available()
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         return False
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
