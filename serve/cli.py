@@ -107,11 +107,13 @@ def _connect_existing(address: str | None) -> bool:
 
     import ray
 
+    from optimize.ray_cluster import use_token_auth_if_available
     from serve._deploy import recorded_app
 
     address = address or os.environ.get("RAY_ADDRESS") or getattr(recorded_app(), "address", None)
     if not address:
         return False
+    use_token_auth_if_available()  # the head `start` began may require Ray's token
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except Exception:  # noqa: BLE001 - ray raises several types for an unreachable cluster
