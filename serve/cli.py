@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--repository", required=True, help="model repository folder (REPO/<model>/<version>/)")
     start.add_argument("--config", help="YAML serving config (batching, replicas, devices, token); see README")
     start.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
-    start.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    start.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
     start.add_argument("--address", help="existing Ray cluster to join (default: RAY_ADDRESS or a local one)")
     start.add_argument("--autoscaling-policy", help="autoscale/ policy name for every model's deployment")
     start.add_argument("--autoscaling-config", help="YAML/JSON parameters of that policy")
@@ -82,13 +82,14 @@ def _quiet_ray() -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
+    from optimize.ray_cluster import free_port
     from serve import start_app
 
     _quiet_ray()
     if args.autoscaling_config and not args.autoscaling_policy:
         raise UserError("--autoscaling-config needs --autoscaling-policy")
     info = start_app(
-        args.repository, host=args.host, port=args.port, config_path=args.config,
+        args.repository, host=args.host, port=args.port or free_port(), config_path=args.config,
         autoscaling_policy=args.autoscaling_policy, autoscaling_config=args.autoscaling_config,
         address=args.address, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
     )
