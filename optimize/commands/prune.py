@@ -67,8 +67,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
-
+    from optimize._console import console as make_console
     from optimize.prune import PruneConfig, prune
     from optimize.report import print_table
 
@@ -84,7 +83,7 @@ def run(args) -> int:
         max_accuracy_drop=args.max_accuracy_drop, threads=args.threads, repeats=args.repeats,
         input_shape=args.input_shape, allow_pickle=args.allow_pickle,
     )
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     with console.status("starting") as status:
         report = prune(args.model, args.out, config, calibration_path=args.calibration_data,
                        eval_path=args.eval_data, finetune_path=args.finetune_data,

@@ -49,8 +49,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
-
+    from optimize._console import console as make_console
     from optimize.report import print_table
     from optimize.sweep import SweepConfig, sweep
 
@@ -68,7 +67,7 @@ def run(args) -> int:
         from optimize._errors import UserError
 
         raise UserError(f"bad sweep option: {exc}") from None
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     with console.status("starting") as status:
         report = sweep(args.model, args.out, config, calibration_path=args.calibration_data,
                        eval_path=args.eval_data, finetune_path=args.finetune_data,
