@@ -4,6 +4,10 @@ Two ASGI apps. The model app (one per model, mounted by Ray Serve at /v2/models/
 metadata, readiness and infer for that model; the server app (mounted at /) answers /v2, health,
 unknown models (404) and publishes the OpenAPI document of the whole API. Every error is
 `{"error": "..."}` with a meaningful status; no request can crash a replica.
+
+Inference bodies are read raw, not through FastAPI's body parsing, so JSON is accepted with any or no
+Content-Type (Triton's Python client sends none, `curl -d` sends a form type) and Triton's binary tensor
+data extension works both ways (serve/_codec.py). gzip/deflate request bodies are accepted, as Triton does.
 """
 
 from __future__ import annotations
@@ -11,15 +15,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from serve._codec import ErrorResponse, InferenceRequest, InferenceResponse, InferError, ModelMetadata, ServerMetadata
+from serve._codec import (
+    ErrorResponse,
+    InferenceRequest,
+    InferenceResponse,
+    InferError,
+    ModelMetadata,
+    ServerMetadata,
+    parse_request,
+    render_response,
+    validation_message,
+)
 
 SERVER_NAME = "optiserve"
 SERVER_VERSION = "0.1.0"
@@ -28,6 +43,7 @@ _ERRORS = {
     401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
     404: {"model": ErrorResponse, "description": "unknown model or version"},
     413: {"model": ErrorResponse, "description": "request body too large"},
+    415: {"model": ErrorResponse, "description": "unsupported Content-Encoding"},
     503: {"model": ErrorResponse, "description": "overloaded: retry after the Retry-After header's seconds"},
 }
 
@@ -91,13 +107,69 @@ def _error(status: int, message: str, retry_after_s: float | None = None) -> JSO
     return _JSON({"error": message}, status_code=status, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    errors = exc.errors()
-    if not errors:
-        return "invalid request"
-    err = errors[0]
-    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-    return f"invalid request: {loc}: {err.get('msg', 'invalid')}" if loc else f"invalid request: {err.get('msg')}"
+INFER_HEADER = "Inference-Header-Content-Length"
+EXTENSIONS = ["model_status", "binary_tensor_data"]
+# Infer routes read their body themselves; this documents it (schemas added by _add_schemas).
+_INFER_BODY = {"requestBody": {
+    "required": True,
+    "description": "An InferenceRequest as JSON (any or no Content-Type), or, with the Inference-Header-Content-"
+                   "Length header, that many bytes of JSON followed by binary tensor data (Triton's extension).",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}}
+_INFER_OK = {200: {"description": "JSON, or application/octet-stream with an Inference-Header-Content-Length "
+                                  "header when an output was asked for as binary data"}}
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+async def read_infer_request(request: Request, max_body_bytes: int) -> InferenceRequest:
+    body = _decompress(await request.body(), request.headers.get("content-encoding"), max_body_bytes)
+    return parse_request(body, request.headers.get(INFER_HEADER))
+
+
+def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body as sent before Content-Encoding, bounded by the same size limit as plain bodies."""
+    name = (encoding or "identity").strip().lower()
+    if name == "identity":
+        return body
+    if name not in _WBITS:
+        raise InferError(415, f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or none")
+    inflater = zlib.decompressobj(_WBITS[name])
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        raise InferError(400, f"the request body is not valid {name} data") from None
+    if len(out) > limit:
+        raise InferError(413, f"the decompressed request body is larger than {limit} bytes")
+    if not inflater.eof:
+        raise InferError(400, f"the {name} request body is truncated")
+    return out
+
+
+def infer_response(response: InferenceResponse) -> Response:
+    body, header_length = render_response(response)
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(body, media_type="application/octet-stream", headers={INFER_HEADER: str(header_length)})
+
+
+def _add_schemas(app: FastAPI, *models: type) -> None:
+    """Put models that no route parses (the raw-body infer request) into the OpenAPI components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = build()
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            if model.__name__ not in schemas:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+        return doc
+
+    app.openapi = openapi
 
 
 def _base_app(title: str, **kwargs) -> FastAPI:
@@ -109,7 +181,7 @@ def _base_app(title: str, **kwargs) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
-        return _error(400, _validation_message(exc))
+        return _error(400, validation_message(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException):
@@ -132,9 +204,10 @@ def build_model_app(runtime, *, token_sha256: str | None = None, max_body_bytes:
     async def ready():
         return _ready(runtime.ready())
 
-    @app.post("/infer", response_model=InferenceResponse, responses=_ERRORS)
-    async def infer(body: InferenceRequest):
-        return await runtime.infer(body)
+    @app.post("/infer", response_model=InferenceResponse, responses={**_INFER_OK, **_ERRORS},
+              openapi_extra=_INFER_BODY)
+    async def infer(request: Request):
+        return infer_response(await runtime.infer(await read_infer_request(request, max_body_bytes)))
 
     @app.get("/versions/{version}", response_model=ModelMetadata, responses=_ERRORS)
     async def version_metadata(version: str):
@@ -144,9 +217,10 @@ def build_model_app(runtime, *, token_sha256: str | None = None, max_body_bytes:
     async def version_ready(version: str):
         return _ready(runtime.ready(version))
 
-    @app.post("/versions/{version}/infer", response_model=InferenceResponse, responses=_ERRORS)
-    async def version_infer(version: str, body: InferenceRequest):
-        return await runtime.infer(body, version)
+    @app.post("/versions/{version}/infer", response_model=InferenceResponse, responses={**_INFER_OK, **_ERRORS},
+              openapi_extra=_INFER_BODY)
+    async def version_infer(version: str, request: Request):
+        return infer_response(await runtime.infer(await read_infer_request(request, max_body_bytes), version))
 
     @app.get("/status", responses=_ERRORS)
     async def status():
@@ -172,7 +246,7 @@ def build_server_app(
 
     @app.get("/v2", response_model=ServerMetadata, responses=_ERRORS)
     async def server_metadata():
-        return ServerMetadata(name=SERVER_NAME, version=SERVER_VERSION, extensions=["model_status"])
+        return ServerMetadata(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
     @app.get("/v2/health/live", responses=_ERRORS)
     async def live():
@@ -195,8 +269,9 @@ def build_server_app(
     async def model_ready(model_name: str):
         unknown(model_name)
 
-    @app.post("/v2/models/{model_name}/infer", response_model=InferenceResponse, responses=_ERRORS)
-    async def model_infer(model_name: str, body: InferenceRequest):
+    @app.post("/v2/models/{model_name}/infer", response_model=InferenceResponse,
+              responses={**_INFER_OK, **_ERRORS}, openapi_extra=_INFER_BODY)
+    async def model_infer(model_name: str):
         unknown(model_name)
 
     @app.get("/v2/models/{model_name}/versions/{version}", response_model=ModelMetadata, responses=_ERRORS)
@@ -208,14 +283,15 @@ def build_server_app(
         unknown(model_name)
 
     @app.post("/v2/models/{model_name}/versions/{version}/infer", response_model=InferenceResponse,
-              responses=_ERRORS)
-    async def version_infer(model_name: str, version: str, body: InferenceRequest):
+              responses={**_INFER_OK, **_ERRORS}, openapi_extra=_INFER_BODY)
+    async def version_infer(model_name: str, version: str):
         unknown(model_name)
 
     @app.get("/v2/models/{model_name}/status", responses=_ERRORS)
     async def model_status(model_name: str):
         unknown(model_name)
 
+    _add_schemas(app, InferenceRequest)
     return Guard(app, token_sha256=token_sha256, max_body_bytes=max_body_bytes)
 
 

@@ -199,7 +199,7 @@ class ModelRuntime:
             loaded = self.resolve(version)
             label = loaded.version
             arrays, rows = decode_inputs(request, loaded.manifest.inputs, split_rows=loaded.can_merge)
-            requested = check_requested(request, loaded.manifest.outputs)
+            wanted = check_requested(request, loaded.manifest.outputs)
             self.observer.queue(loaded.version, loaded.batcher.queue_len + 1)
             try:
                 outputs = await loaded.batcher.submit(arrays, rows)
@@ -214,7 +214,7 @@ class ModelRuntime:
                 raise InferError(400, f"the model rejected the input: {str(exc).splitlines()[0][:300]}") from None
             return InferenceResponse(
                 model_name=self.name, model_version=loaded.version, id=request.id,
-                outputs=encode_outputs(outputs, loaded.manifest.outputs, requested),
+                outputs=encode_outputs(outputs, loaded.manifest.outputs, wanted),
             )
         except InferError as exc:
             code = exc.status
