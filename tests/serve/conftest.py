@@ -47,6 +47,25 @@ def corrupt_model(repo: Path, name: str, version: str, *, keep_checksum: bool = 
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
+def publish_mixed(repo: Path, tmp: Path) -> str:
+    """Model `mixed`: BYTES and FP16 tensors (text -> echo, half -> half + half), for the binary extension."""
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["text"], ["echo"]), helper.make_node("Add", ["half", "half"], ["double"])],
+        "mixed",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"]),
+         helper.make_tensor_value_info("half", TensorProto.FLOAT16, ["batch", 2])],
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch"]),
+         helper.make_tensor_value_info("double", TensorProto.FLOAT16, ["batch", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path = tmp / "mixed.onnx"
+    save(model, str(path))
+    return publish(path, repo, "mixed").version
+
+
 def digits_rows(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 64), dtype=np.float32)
 
@@ -134,6 +153,7 @@ class Helpers:
     """Test helpers as a fixture (pytest's importlib mode makes conftest itself unimportable)."""
 
     publish = staticmethod(publish_model)
+    publish_mixed = staticmethod(publish_mixed)
     corrupt = staticmethod(corrupt_model)
     rows = staticmethod(digits_rows)
     export = staticmethod(export_onnx)

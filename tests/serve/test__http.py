@@ -1,8 +1,12 @@
 """The HTTP layer in-process (no Ray): every route, error codes, token, body limit, overload, OpenAPI fuzz."""
 
 import asyncio
+import gzip
 import hashlib
+import json
+import struct
 import threading
+import zlib
 
 import httpx
 import numpy as np
@@ -15,10 +19,10 @@ from serve.config import ModelConfig
 TOKEN = "test-token"
 
 
-def make_app(repo, *, token=False, max_body_bytes=1 << 20, cfg=None):
+def make_app(repo, *, token=False, max_body_bytes=1 << 20, cfg=None, names=("mlp", "cnn")):
     sha = hashlib.sha256(TOKEN.encode()).hexdigest() if token else None
     runtimes = {}
-    for name in ("mlp", "cnn"):
+    for name in names:
         runtimes[name] = ModelRuntime(repo, name, cfg or ModelConfig())
         runtimes[name].load_initial()
 
@@ -177,3 +181,171 @@ def test_fuzz_from_openapi_finds_no_5xx(app, helpers):
     assert not [r for r in results if r[0] >= 500], [r for r in results if r[0] >= 500][:5]
     codes = {r[0] for r in results}
     assert {200, 400, 404} <= codes  # the fuzzer reached real answers, not only rejections
+
+
+# ---- protocol compatibility: Content-Type, binary tensor data, compression ------------------------------------
+
+
+def binary_request(header: dict, *raw: bytes) -> tuple[bytes, dict[str, str]]:
+    """Body and headers as Triton's HTTP client sends them (tritonclient/http/_utils.py _get_inference_request):
+    JSON, then the tensors' bytes; Inference-Header-Content-Length; no Content-Type."""
+    head = json.dumps(header).encode()
+    return head + b"".join(raw), {"Inference-Header-Content-Length": str(len(head))}
+
+
+def split_binary(resp: httpx.Response) -> tuple[dict, bytes]:
+    length = int(resp.headers["inference-header-content-length"])
+    return json.loads(resp.content[:length]), resp.content[length:]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, helpers):
+    root = tmp_path_factory.mktemp("mixed")
+    helpers.publish_mixed(root / "models", root)
+    return make_app(root / "models", names=("mixed",))[0]
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain",
+                                          "application/json; charset=utf-8", "application/octet-stream"])
+def test_json_inference_with_any_or_no_content_type(app, helpers, content_type):
+    content = json.dumps(helpers.valid_body(np.random.default_rng(0), 2, (64,))).encode()
+    headers = {"content-type": content_type} if content_type else {}
+
+    async def calls(c):  # httpx adds no Content-Type of its own for raw content
+        return await c.post("/v2/models/mlp/infer", content=content, headers=headers)
+
+    resp = run(app, calls)
+    assert resp.request.headers.get("content-type") == content_type
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "application/json" and resp.json()["outputs"][0]["shape"] == [2, 10]
+
+
+def test_binary_request_and_response_match_json(app):
+    x = np.random.default_rng(1).random((3, 64), dtype=np.float32)
+    as_json = {"inputs": [{"name": "input", "shape": [3, 64], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    header = {"inputs": [{"name": "input", "shape": [3, 64], "datatype": "FP32",
+                          "parameters": {"binary_data_size": x.nbytes}}],
+              "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}
+    requests = [binary_request(header, x.tobytes()),
+                binary_request({**header, "outputs": None, "parameters": {"binary_data_output": True}}, x.tobytes()),
+                binary_request({**header, "outputs": [{"name": "logits"}]}, x.tobytes())]
+
+    async def calls(c):
+        return (await c.post("/v2/models/mlp/infer", json=as_json),
+                *[await c.post("/v2/models/mlp/versions/2/infer", content=b, headers=h) for b, h in requests])
+
+    plain, binary, implicit, json_out = run(app, calls)
+    expected = np.array(plain.json()["outputs"][0]["data"], np.float32).reshape(3, 10)
+    for resp in (binary, implicit):
+        assert resp.status_code == 200 and resp.headers["content-type"] == "application/octet-stream"
+        head, raw = split_binary(resp)
+        assert head["outputs"][0]["parameters"] == {"binary_data_size": 120} and "data" not in head["outputs"][0]
+        np.testing.assert_array_equal(np.frombuffer(raw, "<f4").reshape(3, 10), expected)
+    assert json_out.headers["content-type"] == "application/json" and "inference-header-content-length" not in (
+        json_out.headers)
+    np.testing.assert_array_equal(np.array(json_out.json()["outputs"][0]["data"], np.float32).reshape(3, 10), expected)
+
+
+def test_bytes_and_fp16_model_over_binary_and_json(mixed):
+    half = np.array([[0.5, 1.5], [-2.0, 4.0]], np.float16)
+    text = b"".join(struct.pack("<I", len(b)) + b for b in (b"hello", "\u00e9t\u00e9".encode()))
+    header = {"id": "r1", "inputs": [
+        {"name": "text", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": len(text)}},
+        {"name": "half", "shape": [2, 2], "datatype": "FP16", "parameters": {"binary_data_size": half.nbytes}}],
+        "outputs": [{"name": "double", "parameters": {"binary_data": True}},
+                    {"name": "echo", "parameters": {"binary_data": True}}]}
+    content, headers = binary_request(header, text, half.tobytes())
+    as_json = {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["hello", "\u00e9t\u00e9"]},
+                          {"name": "half", "shape": [2, 2], "datatype": "FP16", "data": half.ravel().tolist()}]}
+
+    async def calls(c):
+        return (await c.post("/v2/models/mixed/infer", content=content, headers=headers),
+                await c.post("/v2/models/mixed/infer", json=as_json))
+
+    binary, plain = run(mixed, calls)
+    head, raw = split_binary(binary)
+    assert head["id"] == "r1" and [o["name"] for o in head["outputs"]] == ["double", "echo"]
+    np.testing.assert_array_equal(np.frombuffer(raw[:8], "<f2").reshape(2, 2), half * 2)
+    assert raw[8:] == text
+    out = {o["name"]: o for o in plain.json()["outputs"]}
+    assert out["echo"]["data"] == ["hello", "\u00e9t\u00e9"] and out["double"]["data"] == (half * 2).ravel().tolist()
+
+
+@pytest.mark.parametrize("size, raw, header, fragment", [
+    (256, b"\0" * 128, None, "only 128 remain"),
+    (128, b"\0" * 128, None, "needs 256 bytes"),
+    (256, b"\0" * 260, None, "4 bytes after the JSON header"),
+    (256, b"\0" * 256, "100000", "larger than the body"),
+    (256, b"\0" * 256, "abc", "byte count"),
+    (256, b"\0" * 256, "5", "Invalid JSON"),
+])
+def test_binary_requests_with_wrong_sizes_are_400(app, size, raw, header, fragment):
+    content, headers = binary_request({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                                   "parameters": {"binary_data_size": size}}]}, raw)
+    if header:
+        headers["Inference-Header-Content-Length"] = header
+    resp = run(app, lambda c: c.post("/v2/models/mlp/infer", content=content, headers=headers))
+    assert resp.status_code == 400 and fragment in resp.json()["error"], resp.text
+
+
+def test_truncated_bytes_elements_are_400(mixed):
+    half = np.zeros((1, 2), np.float16).tobytes()
+    for text, fragment in [(struct.pack("<I", 10) + b"abc", "declares 10 bytes"), (b"\1\0", "truncated length")]:
+        content, headers = binary_request({"inputs": [
+            {"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(text)}},
+            {"name": "half", "shape": [1, 2], "datatype": "FP16", "parameters": {"binary_data_size": 4}}]},
+            text, half)
+        resp = run(mixed, lambda c, b=content, h=headers: c.post("/v2/models/mixed/infer", content=b, headers=h))
+        assert resp.status_code == 400 and fragment in resp.json()["error"], resp.text
+
+
+def test_mutated_binary_requests_never_5xx(app):
+    """Random damage to a valid binary request (sizes, header length, cut or padded bodies) is always a 4xx."""
+    rng = np.random.default_rng(7)
+    x = rng.random((2, 64), dtype=np.float32)
+    header = {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
+                          "parameters": {"binary_data_size": x.nbytes}}], "parameters": {"binary_data_output": True}}
+    cases = []
+    for _ in range(60):
+        h = json.loads(json.dumps(header))
+        t = h["inputs"][0]
+        what = rng.integers(5)
+        if what == 0:
+            t["parameters"]["binary_data_size"] = int(rng.choice([0, 1, 511, 513, 2**40, -1]))
+        elif what == 1:
+            t["shape"] = [int(rng.integers(0, 4)), int(rng.choice([63, 64, 65]))]
+        elif what == 2:
+            t["datatype"] = str(rng.choice(["FP16", "FP64", "BYTES", "BOOL", "INT8"]))
+        content, headers = binary_request(h, x.tobytes())
+        if what == 3:
+            content = content[: int(rng.integers(1, len(content)))]
+        if what == 4:
+            headers["Inference-Header-Content-Length"] = str(int(rng.integers(0, len(content) + 10)))
+        cases.append((content, headers))
+
+    async def calls(c):
+        return [await c.post("/v2/models/mlp/infer", content=b, headers=h) for b, h in cases]
+
+    codes = [r.status_code for r in run(app, calls)]
+    assert all(code < 500 for code in codes) and 400 in codes, codes
+
+
+def test_compressed_request_bodies(repo, helpers):
+    app = make_app(repo, max_body_bytes=64 << 10, names=("mlp",))[0]
+    body = json.dumps(helpers.valid_body(np.random.default_rng(0), 1, (64,))).encode()
+    bomb = gzip.compress(b" " * (1 << 20))
+
+    async def calls(c):
+        url = "/v2/models/mlp/infer"
+        return (await c.post(url, content=gzip.compress(body), headers={"content-encoding": "gzip"}),
+                await c.post(url, content=zlib.compress(body), headers={"content-encoding": "deflate"}),
+                await c.post(url, content=body, headers={"content-encoding": "br"}),
+                await c.post(url, content=body, headers={"content-encoding": "gzip"}),
+                await c.post(url, content=bomb, headers={"content-encoding": "gzip"}))
+
+    codes = [r.status_code for r in run(app, calls)]
+    assert codes == [200, 200, 415, 400, 413]
+
+
+def test_server_metadata_lists_the_binary_extension(app):
+    assert "binary_tensor_data" in run(app, lambda c: c.get("/v2")).json()["extensions"]
