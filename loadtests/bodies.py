@@ -1,7 +1,7 @@
 """Open Inference Protocol (KServe v2) request bodies with realistic inputs.
 
 Inputs come from the model's manifest (names, datatypes, shapes with -1 for dynamic axes); values from
-sample data when given (an .npz such as the example model's eval.npz, key `inputs`, one row per
+sample data when given (an .npz such as the example model's eval.npz, or a CSV/Parquet file, one row per
 request), else random values of the right type. Pure numpy: used by the CLI and by the locustfile.
 """
 
@@ -62,16 +62,12 @@ def make_bodies(inputs, n: int = 32, samples: dict[str, np.ndarray] | np.ndarray
 
 
 def load_samples(path: str | Path) -> dict[str, np.ndarray] | np.ndarray:
-    """An .npz of sample inputs: key `inputs` (single-input models) or one key per input name."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sample data {path} does not exist.")
-    try:
-        with np.load(path) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"sample data {path} is not a readable .npz ({exc}).") from None
-    return data["inputs"] if "inputs" in data else data
+    """Sample inputs read as `optimize` reads data (.npz, CSV, Parquet; labels left out): one array for a file
+    with a single input array or feature matrix, else one array per input name."""
+    from optimize.data import load_dataset
+
+    data = load_dataset(Path(path), "sample data")
+    return next(iter(data.inputs.values())) if len(data.inputs) == 1 else data.inputs
 
 
 def bodies_from_repository(repository: str | Path, model: str, version: str | None = None, n: int = 32,

@@ -37,7 +37,7 @@ def _add_objectives(p: argparse.ArgumentParser, slo_required: bool = False) -> N
 
 
 def _add_bodies(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samples", help=".npz of realistic inputs (key `inputs`, e.g. the example's eval.npz)")
+    p.add_argument("--samples", help=".npz, CSV or Parquet of realistic inputs (e.g. the example's eval.npz)")
     p.add_argument("--seed", type=int, default=0)
 
 

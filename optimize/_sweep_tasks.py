@@ -29,7 +29,7 @@ def prepare(model_path: str, ratio: float, prune: dict[str, Any], qconfig: dict[
     """fp32 (pruned at `ratio`) ONNX + pre-processed copy under `folder`; returns paths and parameter counts."""
     import torch
 
-    from optimize.data import bind, load_npz
+    from optimize.data import DataOptions, bind, load_dataset
     from optimize.export import export_onnx
     from optimize.prune import PruneConfig, _apply, _example, _to_onnx, counts
     from optimize.variants import preprocess
@@ -53,7 +53,9 @@ def prepare(model_path: str, ratio: float, prune: dict[str, Any], qconfig: dict[
             example = _example(inputs)
             model = _apply(base, ratio, config, inputs, example)
             if finetune and config.epochs:
-                data = bind(load_npz(Path(finetune), "fine-tuning data"), inputs.specs, "fine-tuning data")
+                options = qconfig.get("data") or DataOptions()
+                data = bind(load_dataset(Path(finetune), "fine-tuning data", options), inputs.specs,
+                            "fine-tuning data")
                 tune(model, data, [s.name for s in inputs.specs], config.epochs, config.learning_rate)
             facts["flops"], facts["params"], _ = counts(model, example)
             pt2, exported = _to_onnx(model, example, inputs, out, stem)

@@ -26,7 +26,7 @@ import numpy as np
 from optimize._errors import UserError
 from optimize._prune_report import PruneReport, to_markdown
 from optimize.cpu import detect_cpu
-from optimize.data import Dataset, bind, load_npz
+from optimize.data import DataOptions, Dataset, bind, load_dataset
 from optimize.export import export_onnx, session
 from optimize.loading import load_model
 from optimize.measure import tile_batch, time_interleaved
@@ -62,6 +62,7 @@ class PruneConfig:
     repeats: int = 100
     input_shape: str | None = None
     allow_pickle: bool = False
+    data: DataOptions = DataOptions()  # how to read data files: --inputs, --labels, --feature-columns
 
     def __post_init__(self) -> None:
         targets = [t for t in (self.ratio, self.max_latency_ms, self.target_size_bytes, self.target_size_share)
@@ -95,7 +96,7 @@ class PruneConfig:
 
     def quantize_config(self) -> QuantizeConfig:
         return QuantizeConfig(max_accuracy_drop=self.max_accuracy_drop, threads=self.threads, repeats=self.repeats,
-                              input_shape=self.input_shape, allow_pickle=self.allow_pickle)
+                              input_shape=self.input_shape, allow_pickle=self.allow_pickle, data=self.data)
 
 
 def _ignored(model, names: tuple[str, ...], example) -> list:
@@ -295,8 +296,8 @@ def prune(model_path: Path, out: Path, config: PruneConfig = PruneConfig(), *, c
     base = prunable_module(source)
     qconfig = config.quantize_config()
     inputs = resolve_inputs(source, qconfig, calibration_path, eval_path)
-    tune = bind(load_npz(finetune_path, "fine-tuning data"), inputs.specs, "fine-tuning data") if finetune_path \
-        else None
+    tune = bind(load_dataset(finetune_path, "fine-tuning data", config.data), inputs.specs, "fine-tuning data") \
+        if finetune_path else None
     if config.epochs and tune is None:
         raise UserError("--epochs needs --finetune-data (an .npz of inputs and labels to train on)")
     example = _example(inputs)

@@ -19,7 +19,16 @@ from pathlib import Path
 
 from optimize._errors import UserError
 from optimize.cpu import choose_format, detect_cpu
-from optimize.data import Dataset, InputSpec, bind, generated, load_npz, parse_input_shape, specs_from_data
+from optimize.data import (
+    DataOptions,
+    Dataset,
+    InputSpec,
+    bind,
+    generated,
+    load_dataset,
+    parse_input_shape,
+    specs_from_data,
+)
 from optimize.export import export_onnx, session
 from optimize.loading import SourceModel, load_model
 from optimize.measure import CURVE_BATCHES, accuracy, agreement, predict, tile_batch, time_interleaved
@@ -41,6 +50,7 @@ class QuantizeConfig:
     input_shape: str | None = None  # "1,64" or "name=1x1x8x8" when neither model nor data tells
     allow_pickle: bool = False
     generated_samples: int = 256
+    data: DataOptions = DataOptions()  # how to read data files: --inputs, --labels, --feature-columns
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -65,8 +75,8 @@ class Inputs:
 
 def resolve_inputs(source: SourceModel, config: QuantizeConfig, calibration_path: Path | None,
                    eval_path: Path | None) -> Inputs:
-    calib = load_npz(calibration_path, "calibration data") if calibration_path else None
-    evald = load_npz(eval_path, "evaluation data") if eval_path else None
+    calib = load_dataset(calibration_path, "calibration data", config.data) if calibration_path else None
+    evald = load_dataset(eval_path, "evaluation data", config.data) if eval_path else None
     if config.input_shape:
         default = source.input_names[0] if source.input_names else "input"
         specs = [parse_input_shape(config.input_shape, default)]

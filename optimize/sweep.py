@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from optimize._errors import UserError
 from optimize._sweep_tasks import build_variant, prepare, run_all
 from optimize.cpu import choose_format, detect_cpu
+from optimize.data import DataOptions
 from optimize.loading import load_model
 from optimize.quantize import QuantizeConfig, measure_variants, resolve_inputs
 from optimize.report import VariantResult, VariantsReport
@@ -46,6 +47,7 @@ class SweepConfig:
     allow_pickle: bool = False
     executor: str = "auto"  # auto: Ray when installed, else serial
     num_cpus: int = 4  # logical CPUs of the local Ray instance
+    data: DataOptions = DataOptions()  # how to read data files: --inputs, --labels, --feature-columns
 
     def __post_init__(self) -> None:
         bad = [q for q in self.quantization if q not in QUANTIZATION]
@@ -78,11 +80,13 @@ class SweepConfig:
         if unknown:
             raise UserError(f"grid file {path} has unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        if isinstance(data.get("data"), dict):  # data: {inputs: {input: X}, labels: y, feature_columns: [a, b]}
+            data["data"] = DataOptions.from_dict(data["data"])
         return cls(**{**data, **overrides})
 
     def quantize_config(self) -> QuantizeConfig:
         return QuantizeConfig(max_accuracy_drop=self.max_accuracy_drop, threads=self.threads, repeats=self.repeats,
-                              input_shape=self.input_shape, allow_pickle=self.allow_pickle)
+                              input_shape=self.input_shape, allow_pickle=self.allow_pickle, data=self.data)
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,7 @@ def _sweep(source, inputs, points, notes, executor, model_path, out, variants_di
     from optimize.quantize import choose
 
     qdict = {k: getattr(qconfig, k) for k in ("max_accuracy_drop", "threads", "repeats", "input_shape",
-                                               "allow_pickle")}
+                                               "allow_pickle", "data")}
     prune_args = {"criterion": config.criterion, "epochs": config.epochs, "allow_pickle": config.allow_pickle}
     paths = [str(p) if p else None for p in data_paths]
     ratios = sorted({p.prune_ratio for p in points})

@@ -11,3 +11,26 @@ def add_command(subparsers, name: str, help: str, epilog: str) -> argparse.Argum
         name, help=help, description=help, epilog="examples:\n" + epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+DATA_FORMATS = ".npz, .csv or .parquet"
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """--inputs / --labels / --feature-columns: how to read data files when array and column names do not tell."""
+    g = p.add_argument_group(
+        "data files", "An .npz holds one array per model input plus labels named y, label(s), target(s) or class "
+        "(any case); a single other array feeds a single-input model whatever its name. CSV and Parquet: the label "
+        "column is named likewise (or --label-column); the other columns, in file order, are the features.")
+    g.add_argument("--inputs", action="append", metavar="INPUT=ARRAY",
+                   help="feed model input INPUT from this array (.npz) or these comma-separated columns (CSV, "
+                   "Parquet); repeatable")
+    g.add_argument("--labels", "--label-column", dest="labels", metavar="NAME",
+                   help="the array or column holding the labels (class indices)")
+    g.add_argument("--feature-columns", metavar="A,B,C", help="CSV/Parquet: the feature columns, in this order")
+
+
+def data_options(args):
+    from optimize.data import DataOptions
+
+    return DataOptions.from_flags(args.inputs, args.labels, args.feature_columns)

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from optimize._errors import UserError
-from optimize.commands._common import add_command
+from optimize.commands._common import DATA_FORMATS, add_command, add_data_arguments, data_options
 
 EXAMPLES = """\
   optimize prune build/models/mlp/model.pt2 --ratio 0.5 --eval-data build/models/mlp/eval.npz \\
@@ -52,9 +52,9 @@ def register(subparsers) -> None:
     p.add_argument("--ignore", action="append", default=[], metavar="MODULE",
                    help="module name or pattern never pruned (repeatable); output layers are always kept")
     p.add_argument("--global-pruning", action="store_true", help="rank channels across layers, not per layer")
-    p.add_argument("--calibration-data", type=Path, help=".npz of representative inputs (Taylor criterion)")
-    p.add_argument("--eval-data", type=Path, help=".npz with inputs and labels for accuracy")
-    p.add_argument("--finetune-data", type=Path, help=".npz of inputs and labels for recovery fine-tuning")
+    p.add_argument("--calibration-data", type=Path, help=f"{DATA_FORMATS} of representative inputs (Taylor)")
+    p.add_argument("--eval-data", type=Path, help=f"{DATA_FORMATS} with inputs and labels for accuracy")
+    p.add_argument("--finetune-data", type=Path, help=f"{DATA_FORMATS} of inputs and labels for fine-tuning")
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs (default 0: off)")
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--max-accuracy-drop", type=float, default=1.0,
@@ -63,6 +63,7 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=1, help="threads for timing; default 1")
     p.add_argument("--repeats", type=int, default=100, help="timed runs per variant and batch size")
     p.add_argument("--allow-pickle", action="store_true", help="load a pickled nn.Module (runs code: trust it)")
+    add_data_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -73,7 +74,7 @@ def run(args) -> int:
 
     target_size = parse_size(args.target_size) if args.target_size else None
     if args.epochs and not args.finetune_data:
-        raise UserError("--epochs needs --finetune-data (an .npz of inputs and labels to train on)")
+        raise UserError("--epochs needs --finetune-data (a data file of inputs and labels to train on)")
     config = PruneConfig(
         ratio=args.ratio, max_latency_ms=args.max_latency_ms,
         target_size_bytes=target_size if isinstance(target_size, int) else None,
@@ -81,7 +82,7 @@ def run(args) -> int:
         criterion=args.criterion, round_to=args.round_to, ignore=tuple(args.ignore),
         global_pruning=args.global_pruning, epochs=args.epochs, learning_rate=args.learning_rate,
         max_accuracy_drop=args.max_accuracy_drop, threads=args.threads, repeats=args.repeats,
-        input_shape=args.input_shape, allow_pickle=args.allow_pickle,
+        input_shape=args.input_shape, allow_pickle=args.allow_pickle, data=data_options(args),
     )
     console = make_console(stderr=True)
     with console.status("starting") as status:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optimize.commands._common import add_command
+from optimize.commands._common import DATA_FORMATS, add_command, add_data_arguments, data_options
 
 EXAMPLES = """\
   optimize quantize build/models/mlp/model.pt --calibration-data build/models/mlp/calibration.npz \\
@@ -13,6 +13,11 @@ EXAMPLES = """\
   optimize quantize model.onnx --input-shape 1,64 --out build/q          # no data: output agreement only
   optimize quantize model.pt --out build/q --publish build/repo --name digits-mlp
   optimize quantize my-bert/ --eval-data tokens.npz --out build/q   # save_pretrained folder: optimum O1-O3 + int8
+  # tabular data: columns in file order are the features, the column named label/target/class/y the labels
+  optimize quantize model.pt --calibration-data train.csv --eval-data test.csv --label-column species \\
+      --out build/q
+  optimize quantize model.pt --eval-data test.parquet --feature-columns f1,f2,f3 --label-column y --out build/q
+  optimize quantize model.onnx --eval-data data.npz --inputs input=X --labels y --out build/q
 exit codes: 0 a quantized variant met the budget and was chosen, 1 none did (model.onnx is fp32), 2 usage error
 """
 
@@ -25,11 +30,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder: model.onnx, variants/, report.json/.md")
     p.add_argument("--method", default="auto", choices=["auto", "dynamic", "static", "fp16"],
                    help="which variants to build (auto: all applicable, then pick)")
-    p.add_argument("--calibration-data", type=Path, help=".npz of representative inputs (static int8)")
+    p.add_argument("--calibration-data", type=Path, help=f"{DATA_FORMATS} of representative inputs (static int8)")
     p.add_argument("--calibration-method", default="minmax,entropy,percentile",
                    help="comma-separated static calibration methods (default: all three)")
     p.add_argument("--no-per-channel", action="store_true", help="per-tensor instead of per-channel weights")
-    p.add_argument("--eval-data", type=Path, help=".npz with inputs and labels for accuracy")
+    p.add_argument("--eval-data", type=Path, help=f"{DATA_FORMATS} with inputs and labels for accuracy")
     p.add_argument("--max-accuracy-drop", type=float, default=1.0,
                    help="budget in accuracy points (or %% relative output error without labels); default 1")
     p.add_argument("--input-shape", help="input shape with batch first, e.g. 1,64 or x=1x1x8x8")
@@ -38,6 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--allow-pickle", action="store_true", help="load a pickled nn.Module (runs code: trust it)")
     p.add_argument("--publish", type=Path, metavar="REPO", help="publish the chosen model into this repository")
     p.add_argument("--name", help="model name in the repository (default: the model file's stem)")
+    add_data_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -50,7 +56,7 @@ def run(args) -> int:
     config = QuantizeConfig(
         method=args.method, calibration_methods=tuple(m.strip() for m in args.calibration_method.split(",")),
         per_channel=not args.no_per_channel, max_accuracy_drop=args.max_accuracy_drop, threads=args.threads,
-        repeats=args.repeats, input_shape=args.input_shape, allow_pickle=args.allow_pickle,
+        repeats=args.repeats, input_shape=args.input_shape, allow_pickle=args.allow_pickle, data=data_options(args),
     )
     console = make_console(stderr=True)
     with console.status("starting") as status:

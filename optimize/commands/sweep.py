@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optimize.commands._common import add_command
+from optimize.commands._common import DATA_FORMATS, add_command, add_data_arguments, data_options
 
 EXAMPLES = """\
   optimize sweep build/models/mlp/model.pt2 --calibration-data build/models/mlp/calibration.npz \\
@@ -33,9 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--calibration-method", help="comma-separated static calibrations (default minmax,entropy)")
     p.add_argument("--prune-ratios", help="comma-separated structured prune ratios (default 0,0.5)")
     p.add_argument("--criterion", choices=["magnitude", "taylor"], help="pruning importance (default magnitude)")
-    p.add_argument("--calibration-data", type=Path, help=".npz of representative inputs (static int8, Taylor)")
-    p.add_argument("--eval-data", type=Path, help=".npz with inputs and labels for accuracy")
-    p.add_argument("--finetune-data", type=Path, help=".npz with inputs and labels to fine-tune pruned models")
+    p.add_argument("--calibration-data", type=Path, help=f"{DATA_FORMATS} of representative inputs (static, Taylor)")
+    p.add_argument("--eval-data", type=Path, help=f"{DATA_FORMATS} with inputs and labels for accuracy")
+    p.add_argument("--finetune-data", type=Path, help=f"{DATA_FORMATS} with inputs and labels to fine-tune")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs per pruned model (default 0)")
     p.add_argument("--max-accuracy-drop", type=float, help="budget in accuracy points (default 1)")
     p.add_argument("--executor", choices=["auto", "ray", "serial"],
@@ -45,6 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--repeats", type=int, help="timed runs per variant and batch size (default 50)")
     p.add_argument("--input-shape", help="input shape with batch first, e.g. 1,64")
     p.add_argument("--allow-pickle", action="store_true", default=None, help="load a pickled nn.Module")
+    add_data_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -60,6 +61,8 @@ def run(args) -> int:
         "threads": args.threads, "repeats": args.repeats, "input_shape": args.input_shape,
         "allow_pickle": args.allow_pickle,
     }
+    if args.inputs or args.labels or args.feature_columns:  # flags override the grid file's `data:`
+        overrides["data"] = data_options(args)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
         config = SweepConfig.from_yaml(args.grid, **overrides) if args.grid else SweepConfig(**overrides)
