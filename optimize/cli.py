@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import warnings
 
 from optimize._errors import run_cli
 
@@ -36,7 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# torch's own pytree code trips its own deprecation warning when a torch.export program is copied or loaded
+# (prune, sweep); it says nothing a user can act on.
+QUIET_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
 def main(argv: list[str] | None = None) -> int:
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
     args = build_parser().parse_args(argv)
     return run_cli(lambda: args.func(args))
 

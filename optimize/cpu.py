@@ -33,7 +33,8 @@ class QuantFormat:
     reason: str
 
 
-_INTERESTING = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm")
+_INTERESTING = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "avx512fp16", "asimd", "asimddp",
+                "asimdhp", "i8mm")
 
 
 def detect_cpu(cpuinfo: str | None = None) -> CpuInfo:

@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from optimize._errors import UserError
+from optimize.choice import ANCHOR, choose, kind_order
 from optimize.cpu import CpuInfo, choose_format, detect_cpu
 from optimize.data import Dataset, InputSpec, load_npz
 from optimize.loading import SourceModel
-from optimize.quantize import Inputs, Progress, QuantizeConfig, choose, measure_variants
+from optimize.quantize import Inputs, Progress, QuantizeConfig, measure_variants
 from optimize.report import QuantizeReport, VariantResult, to_markdown
+from optimize.variants import build_anchor
 
 LEVELS = ("O1", "O2", "O3")
 DEFAULT_SEQUENCE = 16
@@ -128,12 +130,10 @@ def quantize_hf(model_dir: Path, out: Path, config: QuantizeConfig = QuantizeCon
     from optimum.exporters.tasks import TasksManager
     from optimum.onnxruntime import AutoOptimizationConfig, AutoQuantizationConfig, ORTOptimizer, ORTQuantizer
 
-    model_dir, out = Path(model_dir), Path(out)
+    model_dir, out = Path(model_dir), Path(out)  # `out` is quantize's private staging folder
     variants_dir = out / "variants"
-    shutil.rmtree(variants_dir, ignore_errors=True)
-    variants_dir.mkdir(parents=True)
+    variants_dir.mkdir(parents=True, exist_ok=True)
     work = out / ".optimum"
-    shutil.rmtree(work, ignore_errors=True)
     notes: list[str] = []
     if config.method in ("static", "fp16"):
         raise UserError(f"--method {config.method} is not offered for Hugging Face models here: optimum's static "
@@ -197,6 +197,17 @@ def quantize_hf(model_dir: Path, out: Path, config: QuantizeConfig = QuantizeCon
     except Exception as exc:
         result.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     results["dynamic-int8"] = result
+    if config.method == "auto":
+        progress("onnxruntime's one-line quantize_dynamic (the anchor)")
+        result = VariantResult(ANCHOR, "dynamic", extra={"recipe": "onnxruntime.quantization.quantize_dynamic("
+                                                          "fp32.onnx, out.onnx), defaults"})
+        try:
+            with _quiet():
+                built[ANCHOR] = build_anchor(built["fp32"], variants_dir / f"{ANCHOR}.onnx")
+            result.path = f"variants/{ANCHOR}.onnx"
+        except Exception as exc:
+            result.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        results[ANCHOR] = result
 
     progress("measuring every variant side by side")
     measure_variants(source, built, results, inputs, config)
@@ -215,7 +226,7 @@ def quantize_hf(model_dir: Path, out: Path, config: QuantizeConfig = QuantizeCon
         variants=([results.pop("pytorch")] if "pytorch" in results else []) + list(results.values()),
         chosen=None, notes=notes, eval_samples=len(evaluation), created_unix_s=time.time(),
     )
-    choose(report)
+    choose(report, kind_order(cpu, has_conv=False))
     shutil.copyfile(out / report.variant(report.chosen or "fp32").path, out / "model.onnx")
     for extra in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (work / "export" / extra).is_file():  # what a serving process needs besides the graph

@@ -25,6 +25,7 @@ import numpy as np
 
 from optimize._errors import UserError
 from optimize._prune_report import PruneReport, to_markdown
+from optimize._workspace import staged
 from optimize.cpu import detect_cpu
 from optimize.data import DataOptions, Dataset, bind, load_dataset
 from optimize.export import export_onnx, session
@@ -282,11 +283,15 @@ def _search(base, config: PruneConfig, inputs: Inputs, example: tuple, folder: P
 def prune(model_path: Path, out: Path, config: PruneConfig = PruneConfig(), *, calibration_path: Path | None = None,
           eval_path: Path | None = None, finetune_path: Path | None = None,
           progress: Progress = lambda _msg: None) -> PruneReport:
+    with staged(Path(out)) as stage:  # private until it succeeded: concurrent runs and failures leave OUT intact
+        return _prune(Path(model_path), stage, config, calibration_path, eval_path, finetune_path, progress)
+
+
+def _prune(model_path: Path, out: Path, config: PruneConfig, calibration_path: Path | None, eval_path: Path | None,
+           finetune_path: Path | None, progress: Progress) -> PruneReport:
     import torch
 
-    out = Path(out)
     variants_dir = out / "variants"
-    shutil.rmtree(variants_dir, ignore_errors=True)
     variants_dir.mkdir(parents=True)
     torch.set_num_threads(max(1, config.threads))
     progress("loading model")

@@ -1,9 +1,10 @@
 """`quantize(model, QuantizeConfig)`: PyTorch/ONNX model -> verified, measured int8 and fp16 ONNX variants.
 
 Pipeline: load safely -> export fp32 ONNX with a dynamic batch axis and verify it against PyTorch ->
-onnxruntime pre-processing -> build variants (dynamic int8, static QDQ int8 per calibration method, fp16)
--> measure all of them side by side -> pick the fastest variant within the accuracy budget that also beats
-fp32 -> write model.onnx, every variant, report.json and report.md.
+onnxruntime pre-processing -> build variants (dynamic int8, static QDQ int8 per calibration method, fp16, and
+onnxruntime's one-line quantize_dynamic as the anchor) -> measure all of them side by side, in interleaved
+rounds -> choose by the noise-aware rule of `optimize.choice` -> write model.onnx, every variant, report.json
+and report.md. Everything is built in a private staging folder that replaces OUT's contents only on success.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from optimize._errors import UserError
+from optimize._workspace import staged
+from optimize.choice import ANCHOR, choose, kind_order
 from optimize.cpu import choose_format, detect_cpu
 from optimize.data import (
     DataOptions,
@@ -31,9 +34,17 @@ from optimize.data import (
 )
 from optimize.export import export_onnx, session
 from optimize.loading import SourceModel, load_model
-from optimize.measure import CURVE_BATCHES, accuracy, agreement, predict, tile_batch, time_interleaved
+from optimize.measure import CURVE_BATCHES, accuracy, agreement, predict, ratio, tile_batch, time_interleaved
 from optimize.report import QuantizeReport, VariantResult
-from optimize.variants import CALIBRATION_METHODS, VariantSpec, build, preprocess, quantized_share
+from optimize.variants import (
+    CALIBRATION_METHODS,
+    VariantSpec,
+    build,
+    build_anchor,
+    op_types,
+    preprocess,
+    quantized_share,
+)
 
 METHODS = ("auto", "dynamic", "static", "fp16")
 Progress = Callable[[str], None]
@@ -133,17 +144,22 @@ def quantize(model_path: Path, out: Path, config: QuantizeConfig = QuantizeConfi
              progress: Progress = lambda _msg: None) -> QuantizeReport:
     from optimize.hf import is_hf_dir
 
-    if is_hf_dir(Path(model_path)):  # a save_pretrained folder: optimum's exporter, optimizer and quantizer
-        from optimize.hf import quantize_hf
+    with staged(Path(out)) as stage:  # private until it succeeded: concurrent runs and failures leave OUT intact
+        if is_hf_dir(Path(model_path)):  # a save_pretrained folder: optimum's exporter, optimizer and quantizer
+            from optimize.hf import quantize_hf
 
-        return quantize_hf(Path(model_path), out, config, calibration_path=calibration_path, eval_path=eval_path,
-                           progress=progress)
-    out = Path(out)
+            return quantize_hf(Path(model_path), stage, config, calibration_path=calibration_path,
+                               eval_path=eval_path, progress=progress)
+        return _quantize(Path(model_path), stage, config, calibration_path, eval_path, progress)
+
+
+def _quantize(model_path: Path, out: Path, config: QuantizeConfig, calibration_path: Path | None,
+              eval_path: Path | None, progress: Progress) -> QuantizeReport:
+    """The pipeline, writing into `out` (a private staging folder that replaces the real one on success)."""
     variants_dir = out / "variants"
-    shutil.rmtree(variants_dir, ignore_errors=True)  # stale variants from an earlier run would be misreported
     variants_dir.mkdir(parents=True)
     progress("loading model")
-    source = load_model(Path(model_path), config.allow_pickle)
+    source = load_model(model_path, config.allow_pickle)
     inputs = resolve_inputs(source, config, calibration_path, eval_path)
     _check_runs(source, inputs)
 
@@ -158,13 +174,20 @@ def quantize(model_path: Path, out: Path, config: QuantizeConfig = QuantizeConfi
 
     built: dict[str, Path] = {"fp32": exported.path}
     results = {"fp32": VariantResult("fp32", "fp32", path="variants/fp32.onnx")}
-    for spec in specs:
+    builders = [(spec, lambda s=spec: build(s, pre, variants_dir / f"{s.name}.onnx", fmt, inputs.calibration))
+                for spec in specs]
+    if config.method == "auto":  # the anchor: onnxruntime's one-liner, so the choice is never slower than it
+        builders.append((VariantSpec(ANCHOR, "dynamic"),
+                         lambda: build_anchor(exported.path, variants_dir / f"{ANCHOR}.onnx")))
+    for spec, make in builders:
         progress(f"building {spec.name}")
         result = VariantResult(spec.name, spec.kind, calibration_method=spec.calibration_method,
                                per_channel=spec.per_channel)
+        if spec.name == ANCHOR:
+            result.extra["recipe"] = "onnxruntime.quantization.quantize_dynamic(fp32.onnx, out.onnx), defaults"
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime's calibrators print progress
-                built[spec.name] = build(spec, pre, variants_dir / f"{spec.name}.onnx", fmt, inputs.calibration)
+                built[spec.name] = make()
             result.path = f"variants/{spec.name}.onnx"
         except Exception as exc:  # one failed variant must not sink the others; the report says why
             result.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -179,6 +202,7 @@ def quantize(model_path: Path, out: Path, config: QuantizeConfig = QuantizeConfi
         if apply_fallback(pre, fmt, inputs, config, built, results, variants_dir, notes):
             progress("measuring every variant side by side, fallback configs included")
             measure_variants(source, built, results, inputs, config)
+    kinds = kind_order(cpu, "Conv" in op_types(pre))
     pre.unlink(missing_ok=True)
     report = QuantizeReport(
         source={"path": str(source.path), "kind": source.kind, "sha256": source.sha256},
@@ -192,7 +216,7 @@ def quantize(model_path: Path, out: Path, config: QuantizeConfig = QuantizeConfi
         variants=([results.pop("pytorch")] if "pytorch" in results else []) + list(results.values()),
         chosen=None, notes=notes, eval_samples=len(inputs.evaluation), created_unix_s=time.time(),
     )
-    choose(report)
+    choose(report, kinds)
     shutil.copyfile(out / report.variant(report.chosen or "fp32").path, out / "model.onnx")
     report.save(out / "report.json")
     from optimize.report import to_markdown
@@ -233,10 +257,13 @@ def measure_variants(source: SourceModel, built: dict[str, Path], results: dict[
         r = results[name]
         r.latency_b1_p50_ms, r.latency_b1_p95_ms = b1[name].p50_ms, b1[name].p95_ms
         r.latency_b32_p50_ms, r.latency_b32_p95_ms = b32[name].p50_ms, b32[name].p95_ms
+        r.latency_b1_rounds_ms, r.latency_b32_rounds_ms = list(b1[name].round_p50_ms), list(b32[name].round_p50_ms)
+        r.latency_b1_spread_pct, r.latency_b32_spread_pct = b1[name].spread_pct, b32[name].spread_pct
         r.throughput_sps = 32e3 / b32[name].p50_ms
-        r.speedup_vs_fp32 = b32["fp32"].p50_ms / b32[name].p50_ms
+        vs_fp32 = ratio(b32["fp32"].round_p50_ms, b32[name].round_p50_ms)
+        r.speedup_vs_fp32, r.speedup_vs_fp32_interval = vs_fp32.value, [vs_fp32.low, vs_fp32.high]
         if "pytorch" in b32:
-            r.speedup_vs_pytorch = b32["pytorch"].p50_ms / b32[name].p50_ms
+            r.speedup_vs_pytorch = ratio(b32["pytorch"].round_p50_ms, b32[name].round_p50_ms).value
         if name in built:
             r.size_bytes = built[name].stat().st_size
             r.size_ratio = r.size_bytes / fp32_size
@@ -252,21 +279,4 @@ def measure_variants(source: SourceModel, built: dict[str, Path], results: dict[
             r.within_budget = r.accuracy_change_pts >= -config.max_accuracy_drop
         else:
             r.within_budget = 100 * r.relative_error <= config.max_accuracy_drop
-        r.faster_than_fp32 = r.speedup_vs_fp32 > 1.0 if name != "fp32" else None
-
-
-def choose(report: QuantizeReport) -> None:
-    """Fastest variant (batch-32 p50) within budget that also beats fp32; else fall back to fp32 and say why."""
-    candidates = [v for v in report.variants if v.kind not in ("pytorch", "fp32") and not v.error]
-    feasible = [v for v in candidates if v.within_budget]
-    fast = [v for v in feasible if v.faster_than_fp32]
-    for v in feasible:
-        if not v.faster_than_fp32:
-            report.notes.append(f"{v.name} meets the budget but is slower than fp32 on this machine, so it is "
-                                "never picked")
-    if fast:
-        report.chosen = min(fast, key=lambda v: v.latency_b32_p50_ms).name
-    else:
-        report.chosen = None
-        why = "no variant met the accuracy budget" if not feasible else "no variant within budget beats fp32"
-        report.notes.append(f"{why}: model.onnx is the fp32 export")
+        r.faster_than_fp32 = vs_fp32.faster if name != "fp32" else None

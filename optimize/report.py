@@ -23,8 +23,13 @@ class VariantResult:
     latency_b1_p95_ms: float | None = None
     latency_b32_p50_ms: float | None = None
     latency_b32_p95_ms: float | None = None
+    latency_b1_rounds_ms: list[float] = field(default_factory=list)  # median of each interleaved round, batch 1
+    latency_b32_rounds_ms: list[float] = field(default_factory=list)  # the same at batch 32: what choices compare
+    latency_b1_spread_pct: float | None = None  # half the median's confidence interval, % of the median
+    latency_b32_spread_pct: float | None = None
     throughput_sps: float | None = None  # samples/s at batch 32
-    speedup_vs_fp32: float | None = None  # fp32 ONNX p50 / this p50, batch 32
+    speedup_vs_fp32: float | None = None  # median over rounds of fp32 ONNX p50 / this p50, batch 32
+    speedup_vs_fp32_interval: list[float] | None = None  # [low, high]: its sign-test confidence interval (~96%)
     speedup_vs_pytorch: float | None = None  # PyTorch eager p50 / this p50, batch 32
     latency_curve_ms: dict[str, float] = field(default_factory=dict)  # batch size -> p50 ms
     accuracy: float | None = None
@@ -34,7 +39,7 @@ class VariantResult:
     top1_agreement: float | None = None
     quantized_share: float | None = None  # share of MatMul/Gemm/Conv running in int8
     within_budget: bool | None = None
-    faster_than_fp32: bool | None = None
+    faster_than_fp32: bool | None = None  # beyond the noise: the whole interval of speedup_vs_fp32 is above 1
     error: str | None = None  # why the variant could not be built or measured
     extra: dict[str, Any] = field(default_factory=dict)  # producer-specific facts (e.g. prune ratio, params)
 
@@ -88,6 +93,7 @@ class QuantizeReport(VariantsReport):
     eval_samples: int = 0
     created_unix_s: float = 0.0
     schema_version: int = SCHEMA_VERSION
+    choice: dict[str, Any] = field(default_factory=dict)  # the rule applied, the tie, the one-liner comparison
 
 
 
@@ -99,7 +105,18 @@ def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
-COLUMNS = ("variant", "size", "size x", "b1 p50 ms", "b32 p50 ms", "b32 p95 ms", "x fp32", "x torch",
+def _timing(p50_ms: float | None, spread_pct: float | None) -> str:
+    return _fmt(p50_ms, ".3f") + ("" if spread_pct is None or p50_ms is None else f" ±{spread_pct:.0f}%")
+
+
+def _speedup(v: VariantResult) -> str:
+    if v.speedup_vs_fp32 is None or not v.speedup_vs_fp32_interval or v.kind == "fp32":
+        return _fmt(v.speedup_vs_fp32)
+    low, high = v.speedup_vs_fp32_interval
+    return f"{v.speedup_vs_fp32:.2f} ({low:.2f}-{high:.2f})"
+
+
+COLUMNS = ("variant", "size", "size x", "b1 p50 ms", "b32 p50 ms", "b32 p95 ms", "x fp32 (interval)", "x torch",
            "accuracy", "Δ pts", "max |Δ|", "int8 ops", "ok")
 
 
@@ -112,8 +129,9 @@ def rows(report: QuantizeReport) -> list[list[str]]:
             continue
         out.append([
             v.name + mark, _fmt(v.size_bytes and v.size_bytes / 1e6, ".2f", " MB"), _fmt(v.size_ratio),
-            _fmt(v.latency_b1_p50_ms, ".3f"), _fmt(v.latency_b32_p50_ms, ".3f"), _fmt(v.latency_b32_p95_ms, ".3f"),
-            _fmt(v.speedup_vs_fp32), _fmt(v.speedup_vs_pytorch), _fmt(v.accuracy and 100 * v.accuracy, ".2f", "%"),
+            _timing(v.latency_b1_p50_ms, v.latency_b1_spread_pct),
+            _timing(v.latency_b32_p50_ms, v.latency_b32_spread_pct), _fmt(v.latency_b32_p95_ms, ".3f"),
+            _speedup(v), _fmt(v.speedup_vs_pytorch), _fmt(v.accuracy and 100 * v.accuracy, ".2f", "%"),
             _fmt(v.accuracy_change_pts, "+.2f"), _fmt(v.max_abs_diff, ".2g"), _fmt(v.quantized_share, ".0%"),
             _fmt(v.within_budget),
         ])
@@ -128,7 +146,10 @@ def to_markdown(report: QuantizeReport) -> str:
         f"- CPU: {report.cpu.get('model_name') or report.cpu['arch']} ({', '.join(report.cpu['features']) or 'none'})",
         f"- int8 format: activations {fmt['activation_type']}, weights {fmt['weight_type']}, "
         f"reduce_range={fmt['reduce_range']} — {fmt['reason']}",
-        f"- timings: onnxruntime and PyTorch with {report.threads} thread(s), p50/p95 over interleaved rounds",
+        f"- timings: onnxruntime and PyTorch with {report.threads} thread(s), p50/p95 over interleaved rounds; "
+        "± is half the ~96% confidence interval of the median over rounds, x fp32 is the median of paired "
+        "per-round ratios with its interval",
+        f"- choice rule: {report.choice.get('rule', '-')}",
         f"- export check: max |ONNX − PyTorch| = {report.export['max_abs_diff']:.3g} "
         f"(tolerance {report.export['tolerance']:.3g}, {report.export['verified_samples']} samples)",
         f"- budget: {report.budget['metric']} ≤ {report.budget['max_drop']}"

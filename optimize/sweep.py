@@ -10,7 +10,6 @@ marked. Output: report.json (typed), report.html (self-contained: inline PNG plo
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -19,6 +18,8 @@ from typing import Any, ClassVar
 
 from optimize._errors import UserError
 from optimize._sweep_tasks import build_variant, prepare, run_all
+from optimize._workspace import staged
+from optimize.choice import choose
 from optimize.cpu import choose_format, detect_cpu
 from optimize.data import DataOptions
 from optimize.loading import load_model
@@ -136,6 +137,7 @@ class SweepReport(VariantsReport):
     created_unix_s: float = 0.0
     kind: str = "sweep"
     schema_version: int = SWEEP_SCHEMA_VERSION
+    choice: dict[str, Any] = field(default_factory=dict)  # the rule applied and the tie (optimize.choice)
 
 
 
@@ -168,10 +170,6 @@ def _executor(config: SweepConfig) -> str:
 def sweep(model_path: Path, out: Path, config: SweepConfig = SweepConfig(), *, calibration_path: Path | None = None,
           eval_path: Path | None = None, finetune_path: Path | None = None,
           progress: Progress = lambda _msg: None) -> SweepReport:
-    out = Path(out)
-    variants_dir = out / "variants"
-    shutil.rmtree(variants_dir, ignore_errors=True)
-    variants_dir.mkdir(parents=True)
     qconfig = config.quantize_config()
     source = load_model(Path(model_path), config.allow_pickle)
     if any(r > 0 for r in config.prune_ratios):
@@ -190,8 +188,11 @@ def sweep(model_path: Path, out: Path, config: SweepConfig = SweepConfig(), *, c
     executor = _executor(config)
     owns_ray = executor == "ray" and not _ray_running()
     try:
-        return _sweep(source, inputs, points, notes, executor, model_path, out, variants_dir, config, qconfig,
-                      (calibration_path, eval_path, finetune_path), progress)
+        with staged(Path(out)) as stage:  # private until it succeeded: concurrent sweeps never share a file
+            variants_dir = stage / "variants"
+            variants_dir.mkdir()
+            return _sweep(source, inputs, points, notes, executor, model_path, stage, variants_dir, config, qconfig,
+                          (calibration_path, eval_path, finetune_path), progress)
     finally:
         if owns_ray:
             import ray
@@ -207,8 +208,6 @@ def _ray_running() -> bool:
 
 def _sweep(source, inputs, points, notes, executor, model_path, out, variants_dir, config, qconfig, data_paths,
            progress) -> SweepReport:
-    from optimize.quantize import choose
-
     qdict = {k: getattr(qconfig, k) for k in ("max_accuracy_drop", "threads", "repeats", "input_shape",
                                                "allow_pickle", "data")}
     prune_args = {"criterion": config.criterion, "epochs": config.epochs, "allow_pickle": config.allow_pickle}
@@ -271,7 +270,7 @@ def _sweep(source, inputs, points, notes, executor, model_path, out, variants_di
     )
     for v in report.variants:
         v.extra["pareto"] = v.name in report.pareto
-    choose(report)  # quantize's rule: the fastest feasible variant that beats fp32
+    choose(report)  # quantize's noise-aware rule (optimize.choice)
     report.save(out / "report.json")
     from optimize._sweep_html import render
 

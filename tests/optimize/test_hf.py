@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from optimize._errors import UserError
+from optimize.choice import ANCHOR
 from optimize.cli import main
 from optimize.cpu import CpuInfo
 from optimize.hf import is_hf_dir, preset
@@ -76,7 +77,7 @@ def hf_report(bert_dir, tmp_path_factory):
 def test_optimum_builds_o1_o3_and_int8_variants(hf_report):
     out, report = hf_report
     assert [v.name for v in report.variants] == ["pytorch", "fp32", "optimized-O1", "optimized-O2", "optimized-O3",
-                                                 "dynamic-int8"]
+                                                 "dynamic-int8", ANCHOR]
     for v in report.variants:
         assert v.error is None and v.latency_b32_p50_ms > 0 and v.accuracy is not None
         if v.kind != "pytorch":
@@ -98,6 +99,7 @@ def test_report_and_chosen_model(hf_report):
     chosen = report.chosen or "fp32"
     assert (out / "model.onnx").read_bytes() == (out / report.variant(chosen).path).read_bytes()
     assert (out / "config.json").is_file()
+    assert report.choice["anchor"]["name"] == ANCHOR  # how the choice compares with onnxruntime's one-liner
 
 
 def test_directory_routing_and_refusals(bert_dir, tmp_path, capsys):

@@ -1,0 +1,105 @@
+"""Which measured variant becomes `model.onnx`: a rule that gives the same answer when the timings are noisy.
+
+Timings on a shared machine move by tens of percent from run to run, so "fastest median" alone would pick
+a different variant each time. The rule works on paired per-round timings (`optimize.measure.ratio`):
+
+1. Candidates are variants that were built, measured and are within the accuracy budget.
+2. A candidate beats fp32 only when it is faster beyond the noise: the low end of the confidence interval
+   of its batch-32 speed ratio against fp32 is above 1. None does: nothing is chosen, `model.onnx` is the
+   fp32 export and the command exits 1.
+3. Of those, the ones that no other one beats beyond the noise are tied for fastest (so the choice is never
+   slower, beyond the noise, than any candidate, onnxruntime's own one-liner included).
+4. Among the tied: the least accuracy drop (an improvement counts as no drop), then the smallest file, then
+   the kind onnxruntime's guidance prefers for this model and CPU (`kind_order`), then the name.
+
+Pure: reads and fills a report's variants, no timing of its own; tests drive it with injected rounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optimize.cpu import CpuInfo
+from optimize.measure import Ratio, ratio
+from optimize.report import VariantResult
+
+ANCHOR = "ort-quantize-dynamic"  # onnxruntime's one-line quantize_dynamic with defaults, measured beside ours
+
+RULE = ("beats fp32 = batch-32 speed ratio's confidence interval above 1; among the variants within the budget "
+        "that beat fp32 and that no other beats beyond the noise: least accuracy drop, then smallest file, "
+        "then kind order, then name")
+
+
+def kind_order(cpu: CpuInfo | None, has_conv: bool) -> tuple[str, ...]:
+    """Variant kinds from most to least preferred when speed and accuracy tie. onnxruntime's quantization guide
+    recommends static quantization for CNNs and dynamic quantization for transformers and other MatMul models;
+    fp16 on a CPU mostly runs through casts unless it has native fp16 arithmetic (ARM asimdhp, AVX-512 FP16)."""
+    int8 = ("static", "dynamic") if has_conv else ("dynamic", "static")
+    native_fp16 = cpu is not None and any(f in cpu.features for f in ("asimdhp", "avx512fp16"))
+    return (*int8, "graph-optimized", "pruned", *(("fp16", "fp32") if native_fp16 else ("fp32", "fp16")))
+
+
+def speed_vs(base: VariantResult, other: VariantResult) -> Ratio | None:
+    """How many times faster `other` is than `base` at batch 32, paired by round; None without rounds."""
+    if not base.latency_b32_rounds_ms or len(base.latency_b32_rounds_ms) != len(other.latency_b32_rounds_ms):
+        return None
+    return ratio(base.latency_b32_rounds_ms, other.latency_b32_rounds_ms)
+
+
+def accuracy_drop(v: VariantResult, labelled: bool) -> float:
+    """Accuracy points lost (an improvement counts as 0), or the relative output error in % without labels."""
+    if labelled and v.accuracy_change_pts is not None:
+        return max(0.0, -v.accuracy_change_pts)
+    return 100 * (v.relative_error or 0.0)
+
+
+def choose(report, kinds: tuple[str, ...] | None = None) -> None:
+    """Set `report.chosen` (None: nothing beats fp32), `report.choice` (the rule, the tie, the anchor) and notes."""
+    kinds = kinds or kind_order(None, has_conv=False)
+    fp32 = report.variant("fp32")
+    feasible = [v for v in report.variants if v.kind not in ("pytorch", "fp32") and not v.error and v.within_budget
+                and speed_vs(fp32, v) is not None]
+    beats = [v for v in feasible if speed_vs(fp32, v).faster]
+    for v in feasible:
+        if v not in beats:
+            r = speed_vs(fp32, v)
+            report.notes.append(f"{v.name} meets the budget but is not faster than fp32 beyond the noise here "
+                                f"({r.value:.2f}x, interval {r.low:.2f}-{r.high:.2f}x), so it is not picked")
+    choice: dict[str, Any] = {"rule": RULE, "kind_order": list(kinds), "tied": []}
+    if not beats:
+        report.chosen = None
+        why = "no variant met the accuracy budget" if not feasible else "no variant within budget beats fp32"
+        report.notes.append(f"{why}: model.onnx is the fp32 export")
+    else:
+        pace = min(beats, key=lambda v: v.latency_b32_p50_ms)
+        tied = [v for v in beats if not any(speed_vs(v, w).faster for w in beats)] or [pace]
+        rank = {k: i for i, k in enumerate(kinds)}
+        best = min(tied, key=lambda v: (accuracy_drop(v, report.accuracy_measured), v.size_bytes or 0,
+                                        rank.get(v.kind, len(rank)), v.name))
+        report.chosen = best.name
+        choice["tied"] = sorted(v.name for v in tied)
+        if len(tied) > 1:
+            report.notes.append(f"{', '.join(choice['tied'])} are tied for fastest within the noise; {best.name} "
+                                f"is chosen by the tie rule: {RULE.split(': ', 1)[1]}")
+    choice["anchor"] = _against_anchor(report)
+    report.choice = choice
+
+
+def _against_anchor(report) -> dict[str, Any] | None:
+    """How the chosen model (fp32 when nothing is chosen) compares with onnxruntime's one-liner."""
+    anchor = next((v for v in report.variants if v.name == ANCHOR and not v.error), None)
+    if anchor is None:
+        return None
+    chosen = report.variant(report.chosen or "fp32")
+    r = speed_vs(anchor, chosen)
+    if r is None:
+        return None
+    verdict = "faster than" if r.faster else "slower than" if r.slower else "tied with"
+    if chosen is anchor:
+        verdict = "is"
+    report.notes.append(f"against onnxruntime's one-liner (quantize_dynamic with defaults): {chosen.name} "
+                        + ("is that model" if chosen is anchor else
+                           f"is {verdict} it: {r.value:.2f}x, interval {r.low:.2f}-{r.high:.2f}x")
+                        + ("" if anchor.within_budget else " (the one-liner is outside the accuracy budget)"))
+    return {"name": ANCHOR, "chosen": chosen.name, "speedup": r.value, "interval": [r.low, r.high],
+            "confidence": r.confidence, "verdict": verdict, "anchor_within_budget": anchor.within_budget}

@@ -1,0 +1,94 @@
+"""The noise-aware choice rule, driven by injected per-round timings (no real timing anywhere)."""
+
+import pytest
+
+from optimize.choice import ANCHOR, choose, kind_order
+from optimize.cpu import detect_cpu
+from optimize.report import QuantizeReport, VariantResult
+
+FP32 = [10.0, 11.0, 9.0, 10.5, 12.0, 10.0, 9.5, 11.5, 10.0]  # ms per round at batch 32: about ±10 % noise
+
+
+def variant(name, kind, scale, *, size=100, drop=0.0, within=True, noise=None, error=None):
+    """A variant `scale` times as slow as fp32 in every round (times an optional per-round noise factor)."""
+    rounds = [t * scale * (noise[i] if noise else 1.0) for i, t in enumerate(FP32)]
+    return VariantResult(name, kind, size_bytes=size, accuracy_change_pts=-drop, within_budget=within,
+                         latency_b32_rounds_ms=rounds, latency_b32_p50_ms=sorted(rounds)[4], error=error)
+
+
+def report(*variants, labelled=True):
+    fp32 = variant("fp32", "fp32", 1.0, size=400)
+    return QuantizeReport({"path": "m"}, [], {}, {}, 1, {}, labelled, {}, [fp32, *variants], None)
+
+
+JITTER = [1.05, 0.95, 1.1, 0.9, 1.0, 1.08, 0.93, 1.02, 0.97]  # a tie: these scatter around each other
+
+
+def test_a_clearly_faster_variant_is_chosen():
+    r = report(variant("dynamic-int8", "dynamic", 0.5), variant("fp16", "fp16", 1.2))
+    choose(r)
+    assert r.chosen == "dynamic-int8" and r.choice["tied"] == ["dynamic-int8"]
+
+
+def test_a_gain_inside_the_noise_does_not_beat_fp32_and_the_verdict_says_so():
+    r = report(variant("dynamic-int8", "dynamic", 0.97, noise=JITTER))  # 3 % faster by median, ±10 % noise
+    choose(r)
+    assert r.chosen is None
+    assert any("not faster than fp32 beyond the noise" in n for n in r.notes)
+    assert any("no variant within budget beats fp32" in n for n in r.notes)
+
+
+def test_ties_are_broken_by_accuracy_then_size_then_kind_not_by_the_noisier_median():
+    for jitter in (JITTER, JITTER[::-1]):  # whichever of the tied two has the lower median, the same one wins
+        r = report(variant("static-int8-minmax", "static", 0.5, size=90, drop=0.3),
+                   variant("dynamic-int8", "dynamic", 0.5, size=120, noise=jitter))
+        choose(r)
+        assert r.chosen == "dynamic-int8"  # no accuracy drop beats a smaller file
+        assert r.choice["tied"] == ["dynamic-int8", "static-int8-minmax"]
+    r = report(variant("static-int8-minmax", "static", 0.5, size=90), variant("dynamic-int8", "dynamic", 0.5,
+                                                                                size=120, noise=JITTER))
+    choose(r)
+    assert r.chosen == "static-int8-minmax"  # same accuracy: the smaller file
+    r = report(variant("static-int8-minmax", "static", 0.5), variant("dynamic-int8", "dynamic", 0.5, noise=JITTER))
+    choose(r, kind_order(None, has_conv=True))
+    assert r.chosen == "static-int8-minmax"  # same accuracy and size: static, as onnxruntime advises for CNNs
+    choose(r, kind_order(None, has_conv=False))
+    assert r.chosen == "dynamic-int8"
+
+
+def test_never_slower_than_the_one_liner_beyond_the_noise():
+    r = report(variant("dynamic-int8", "dynamic", 0.6, size=50), variant(ANCHOR, "dynamic", 0.3, size=100))
+    choose(r)
+    assert r.chosen == ANCHOR and r.choice["anchor"]["verdict"] == "is"
+    r = report(variant("dynamic-int8", "dynamic", 0.3, size=50), variant(ANCHOR, "dynamic", 0.3, size=100,
+                                                                         noise=JITTER))
+    choose(r)
+    assert r.chosen == "dynamic-int8" and r.choice["anchor"]["verdict"] == "tied with"
+    assert any("onnxruntime's one-liner" in n and "tied with" in n for n in r.notes)
+
+
+def test_out_of_budget_or_failed_variants_are_never_chosen():
+    r = report(variant("static-int8-minmax", "static", 0.2, within=False),
+               variant("fp16", "fp16", 0.1, error="boom"), variant("dynamic-int8", "dynamic", 0.5))
+    choose(r)
+    assert r.chosen == "dynamic-int8"
+    r = report(variant("static-int8-minmax", "static", 0.2, within=False))
+    choose(r)
+    assert r.chosen is None and any("no variant met the accuracy budget" in n for n in r.notes)
+
+
+def test_without_labels_the_relative_error_breaks_ties():
+    a = variant("static-int8-minmax", "static", 0.5, size=90)
+    b = variant("dynamic-int8", "dynamic", 0.5, size=120, noise=JITTER)
+    a.relative_error, b.relative_error = 0.02, 0.01
+    r = report(a, b, labelled=False)
+    choose(r)
+    assert r.chosen == "dynamic-int8"
+
+
+@pytest.mark.parametrize("flags,expected", [("avx2", "fp32"), ("asimd asimdhp", "fp16")])
+def test_fp16_ranks_above_fp32_only_with_native_fp16(flags, expected):
+    cpu = detect_cpu(f"flags\t: {flags}\n")
+    order = kind_order(cpu, has_conv=False)
+    other = "fp16" if expected == "fp32" else "fp32"
+    assert order.index(expected) < order.index(other)
