@@ -20,7 +20,7 @@ from pathlib import Path
 
 from optimize._errors import UserError
 from optimize._workspace import staged
-from optimize.choice import ANCHOR, choose, kind_order
+from optimize.choice import ANCHOR, beats, choose, kind_order
 from optimize.cpu import choose_format, detect_cpu
 from optimize.data import (
     DataOptions,
@@ -178,7 +178,7 @@ def _quantize(model_path: Path, out: Path, config: QuantizeConfig, calibration_p
                 for spec in specs]
     if config.method == "auto":  # the anchor: onnxruntime's one-liner, so the choice is never slower than it
         builders.append((VariantSpec(ANCHOR, "dynamic"),
-                         lambda: build_anchor(exported.path, variants_dir / f"{ANCHOR}.onnx")))
+                         lambda: build_anchor(exported.path, variants_dir / f"{ANCHOR}.onnx", pre, notes)))
     for spec, make in builders:
         progress(f"building {spec.name}")
         result = VariantResult(spec.name, spec.kind, calibration_method=spec.calibration_method,
@@ -279,4 +279,5 @@ def measure_variants(source: SourceModel, built: dict[str, Path], results: dict[
             r.within_budget = r.accuracy_change_pts >= -config.max_accuracy_drop
         else:
             r.within_budget = 100 * r.relative_error <= config.max_accuracy_drop
-        r.faster_than_fp32 = vs_fp32.faster if name != "fp32" else None
+    for name in outputs:
+        results[name].faster_than_fp32 = beats(results[name], results["fp32"]) if name != "fp32" else None

@@ -39,7 +39,7 @@ class VariantResult:
     top1_agreement: float | None = None
     quantized_share: float | None = None  # share of MatMul/Gemm/Conv running in int8
     within_budget: bool | None = None
-    faster_than_fp32: bool | None = None  # beyond the noise: the whole interval of speedup_vs_fp32 is above 1
+    faster_than_fp32: bool | None = None  # beats fp32 by optimize.choice's rule (beyond the noise, at b32 and b1)
     error: str | None = None  # why the variant could not be built or measured
     extra: dict[str, Any] = field(default_factory=dict)  # producer-specific facts (e.g. prune ratio, params)
 

@@ -2,18 +2,21 @@
 
 import pytest
 
-from optimize.choice import ANCHOR, choose, kind_order
+from optimize.choice import ANCHOR, beats, choose, kind_order
 from optimize.cpu import detect_cpu
 from optimize.report import QuantizeReport, VariantResult
 
 FP32 = [10.0, 11.0, 9.0, 10.5, 12.0, 10.0, 9.5, 11.5, 10.0]  # ms per round at batch 32: about ±10 % noise
 
 
-def variant(name, kind, scale, *, size=100, drop=0.0, within=True, noise=None, error=None):
-    """A variant `scale` times as slow as fp32 in every round (times an optional per-round noise factor)."""
+def variant(name, kind, scale, *, size=100, drop=0.0, within=True, noise=None, error=None, b1_scale=None):
+    """A variant `scale` times as slow as fp32 in every round (times an optional per-round noise factor); at
+    batch 1 `b1_scale` times as slow (default: the same)."""
     rounds = [t * scale * (noise[i] if noise else 1.0) for i, t in enumerate(FP32)]
+    b1 = [t / 10 * (scale if b1_scale is None else b1_scale) for t in FP32]
     return VariantResult(name, kind, size_bytes=size, accuracy_change_pts=-drop, within_budget=within,
-                         latency_b32_rounds_ms=rounds, latency_b32_p50_ms=sorted(rounds)[4], error=error)
+                         latency_b32_rounds_ms=rounds, latency_b32_p50_ms=sorted(rounds)[4], latency_b1_rounds_ms=b1,
+                         error=error)
 
 
 def report(*variants, labelled=True):
@@ -34,7 +37,7 @@ def test_a_gain_inside_the_noise_does_not_beat_fp32_and_the_verdict_says_so():
     r = report(variant("dynamic-int8", "dynamic", 0.97, noise=JITTER))  # 3 % faster by median, ±10 % noise
     choose(r)
     assert r.chosen is None
-    assert any("not faster than fp32 beyond the noise" in n for n in r.notes)
+    assert any("does not beat fp32 here beyond the noise" in n for n in r.notes)
     assert any("no variant within budget beats fp32" in n for n in r.notes)
 
 
@@ -92,3 +95,21 @@ def test_fp16_ranks_above_fp32_only_with_native_fp16(flags, expected):
     order = kind_order(cpu, has_conv=False)
     other = "fp16" if expected == "fp32" else "fp32"
     assert order.index(expected) < order.index(other)
+
+
+def test_a_sure_but_tiny_gain_does_not_count():
+    r = report(variant("dynamic-int8", "dynamic", 0.97))  # 3 % faster in every single round: below MIN_GAIN
+    choose(r)
+    assert r.chosen is None
+
+
+def test_faster_at_batch_32_but_slower_at_batch_1_does_not_beat():
+    r = report(variant("fp16", "fp16", 0.5, b1_scale=1.5))
+    choose(r)
+    assert r.chosen is None and any("batch 1 0.67x" in n for n in r.notes)
+    # between candidates: the static variant is faster at batch 32 only, so the smaller dynamic one stays tied
+    r = report(variant("static-int8-minmax", "static", 0.4, size=120, b1_scale=0.6),
+               variant("dynamic-int8", "dynamic", 0.5, size=100, b1_scale=0.3))
+    choose(r)
+    assert r.choice["tied"] == ["dynamic-int8", "static-int8-minmax"] and r.chosen == "dynamic-int8"
+    assert beats(r.variant("static-int8-minmax"), r.variant("fp32"))

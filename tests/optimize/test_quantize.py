@@ -33,9 +33,9 @@ def test_every_variant_is_built_and_measured(mlp_report):
         assert v.latency_b1_p50_ms > 0 and v.latency_b32_p95_ms >= v.latency_b32_p50_ms > 0
         assert len(v.latency_b32_rounds_ms) == len(v.latency_b1_rounds_ms) == ROUNDS
         assert v.latency_b32_spread_pct >= 0 and v.latency_b1_spread_pct >= 0
-        if v.kind not in ("fp32", "pytorch"):  # the interval holds the median, and "faster" means all of it
+        if v.kind not in ("fp32", "pytorch"):  # the interval holds the median; "faster" needs all of it above 1
             low, high = v.speedup_vs_fp32_interval
-            assert low <= v.speedup_vs_fp32 <= high and v.faster_than_fp32 == (low > 1)
+            assert low <= v.speedup_vs_fp32 <= high and (low > 1 or not v.faster_than_fp32)
         assert v.accuracy is not None and v.within_budget is not None
         if v.kind != "pytorch":
             assert (out / v.path).is_file() and v.size_bytes == (out / v.path).stat().st_size

@@ -50,8 +50,8 @@ def _states(service, run_id):
 
 def test_concurrent_quantize_runs_with_overrides(env):
     svc = env["service"]
-    # dynamic int8 is ~3x faster than fp32 on this MLP, so quantize's own verdict (exit 1 when no variant beats
-    # fp32) does not depend on machine noise; the overrides differ in threads and environment
+    # the overrides differ in threads and environment. Whether a variant beats fp32 beyond the noise (exit 0) or
+    # not (exit 1, a verdict) depends on the load on this machine, so both verdicts count as a run that ran
     svc.create_job("quant", env["model"], Recipe("quantize", {"input_shape": "1,64", "repeats": 5,
                                                               "method": "dynamic"}),
                    env={"OMP_NUM_THREADS": "1"}, max_runtime_s=600)
@@ -67,13 +67,14 @@ def test_concurrent_quantize_runs_with_overrides(env):
         time.sleep(0.2)
     done = {threads: svc.wait(run.id, timeout_s=60) for threads, run in runs.items()}
     for threads, run in done.items():
-        assert run.state == S.SUCCEEDED, run.message
+        assert run.state == S.SUCCEEDED or (run.state == S.FAILED and run.exit_code == 1
+                                            and "verdict" in run.message), run.message
         assert run.args == ("--threads", str(threads))
         assert run.env == {"OMP_NUM_THREADS": "1", "RUN_THREADS": str(threads)}
         report = json.loads((Path(run.output_dir) / "report.json").read_text())
         assert report["threads"] == threads and "dynamic-int8" in {v["name"] for v in report["variants"]}
         assert "model.onnx" in run.outputs and run.artifact_sha256 == svc.get_job("quant").artifact_sha256
-        assert _states(svc, run.id) == [S.ACCEPTED, S.IN_PROGRESS, S.SUCCEEDED]
+        assert _states(svc, run.id) == [S.ACCEPTED, S.IN_PROGRESS, run.state]
     assert both_running
 
 
