@@ -30,10 +30,22 @@ def read_table(path: Path, what: str):
             return pq.read_table(path)
         import pyarrow.csv as pcsv
 
-        delimiter = "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
-        return pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=delimiter))
+        parse = pcsv.ParseOptions(delimiter="\t" if name.endswith((".tsv", ".tsv.gz")) else ",")
+        table = pcsv.read_csv(path, parse_options=parse)
+        if all(_is_number(c) for c in table.column_names):  # no header row: columns are named f0, f1, ...
+            table = pcsv.read_csv(path, parse_options=parse, read_options=pcsv.ReadOptions(
+                column_names=[f"f{i}" for i in range(table.num_columns)]))
+        return table
     except (OSError, pa.ArrowException) as exc:
         raise UserError(f"{what} file {path} is not a readable table ({str(exc).splitlines()[0]})") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_parquet(path: Path) -> bool:

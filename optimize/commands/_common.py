@@ -19,9 +19,10 @@ DATA_FORMATS = ".npz, .csv or .parquet"
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """--inputs / --labels / --feature-columns: how to read data files when array and column names do not tell."""
     g = p.add_argument_group(
-        "data files", "An .npz holds one array per model input plus labels named y, label(s), target(s) or class "
-        "(any case); a single other array feeds a single-input model whatever its name. CSV and Parquet: the label "
-        "column is named likewise (or --label-column); the other columns, in file order, are the features.")
+        "data files",
+        "  .npz: labels are the array named y, label(s), target(s) or class (any case); a single other array\n"
+        "  feeds a single-input model whatever its name. CSV/Parquet: the label column is named likewise (or\n"
+        "  --label-column); the other columns, in file order (or --feature-columns), are the features.")
     g.add_argument("--inputs", action="append", metavar="INPUT=ARRAY",
                    help="feed model input INPUT from this array (.npz) or these comma-separated columns (CSV, "
                    "Parquet); repeatable")

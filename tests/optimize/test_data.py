@@ -186,6 +186,12 @@ def test_tabular_rows_fill_an_image_input_and_tsv(tmp_path):
     assert np.array_equal(data.inputs["x"], pixels.reshape(3, 1, 8, 8)) and data.labels.tolist() == [1, 2, 3]
 
 
+def test_csv_without_a_header_row(tmp_path):
+    (tmp_path / "d.csv").write_text("0.5,1,2\n1.5,3,0\n")
+    data = load_dataset(tmp_path / "d.csv", options=DataOptions(labels="f2"))
+    assert data.inputs["features"].tolist() == [[0.5, 1], [1.5, 3]] and data.labels.tolist() == [2, 0]
+
+
 def test_tabular_problems_are_explained(tmp_path):
     path = _write(_table(name=["a", "b", "c", "d", "e"]), tmp_path / "text.csv")
     with pytest.raises(UserError, match="column 'name' of type string, not numbers; leave it out with "
