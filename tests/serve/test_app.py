@@ -310,3 +310,75 @@ def test_modelserve_status_cli_reads_the_live_app(server):
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
     assert report["mlp"]["app_status"] == "RUNNING" and report["mlp"]["replicas"]["running"] >= 1
+
+
+def test_triton_http_client_works_unchanged(server, helpers):
+    """Triton's own Python HTTP client (binary tensor data by default, no Content-Type) against the live server:
+    health, metadata, FP32 in JSON and binary both ways, a BYTES + FP16 model, gzip bodies, error shapes."""
+    http = pytest.importorskip("tritonclient.http", reason="tritonclient is installed by `make install`")
+    import hashlib
+
+    from ray import serve as rs
+    from tritonclient.utils import InferenceServerException
+
+    from serve._deploy import model_app_args
+    from serve.app import model_app, model_app_name, model_route
+    from serve.config import ServeConfig
+
+    def auth() -> dict[str, str]:  # a fresh dict per call: the client adds its own headers to the one it is given
+        return dict(AUTH)
+
+    repo = server["repo"]
+    helpers.publish_mixed(repo, server["root"])
+    args = model_app_args(repo, "mixed", ServeConfig(), hashlib.sha256(TOKEN.encode()).hexdigest())
+    rs.run(model_app(args), name=model_app_name("mixed"), route_prefix=model_route("mixed"))
+    client = http.InferenceServerClient(f"127.0.0.1:{server['info'].port}", network_timeout=60)
+    try:
+        assert client.is_server_live(headers=auth()) and client.is_model_ready("mlp", headers=auth())
+        assert wait_for(lambda: client.is_server_ready(headers=auth()), what="server ready")
+        assert "binary_tensor_data" in client.get_server_metadata(headers=auth())["extensions"]
+        assert client.get_model_metadata("mlp", "1", headers=auth())["inputs"][0]["shape"] == [-1, 64]
+
+        x = np.random.default_rng(5).random((3, 64), dtype=np.float32)
+        expected = reference(repo, "mlp", "1", x)
+        for binary_in in (True, False):
+            for binary_out in (True, False, None):  # None: no outputs named, the client asks for all as binary
+                given = http.InferInput("input", [3, 64], "FP32").set_data_from_numpy(x, binary_data=binary_in)
+                wanted = None if binary_out is None else [http.InferRequestedOutput("logits", binary_data=binary_out)]
+                result = client.infer("mlp", [given], model_version="1", outputs=wanted, headers=auth(),
+                                       request_compression_algorithm="gzip" if binary_in else None)
+                np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+
+        text = np.array([b"hello", "\u00e9t\u00e9".encode()], object)
+        half = np.array([[0.5, 1.5], [-2.0, 4.0]], np.float16)
+        for binary in (True, False):
+            given = [http.InferInput("text", [2], "BYTES").set_data_from_numpy(text, binary_data=binary),
+                     http.InferInput("half", [2, 2], "FP16").set_data_from_numpy(half, binary_data=binary)]
+            wanted = [http.InferRequestedOutput(n, binary_data=binary) for n in ("echo", "double")]
+            result = client.infer("mixed", given, outputs=wanted, headers=auth(), request_id="r7")
+            echo = [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("echo").tolist()]
+            assert echo == text.tolist() and result.get_response()["id"] == "r7"
+            np.testing.assert_array_equal(result.as_numpy("double"), half * 2)
+
+        wrong = http.InferInput("nope", [1, 64], "FP32").set_data_from_numpy(x[:1])
+        with pytest.raises(InferenceServerException) as exc:
+            client.infer("mlp", [wrong], headers=auth())
+        assert exc.value.status() == "400" and "unknown input 'nope'" in exc.value.message()
+    finally:
+        client.close()
+        rs.delete(model_app_name("mixed"))
+
+
+def test_live_server_takes_json_without_content_type_and_refuses_bad_binary_sizes(server):
+    c = server["client"]
+    x = np.zeros((1, 64), np.float32)
+    plain = c.post("/v2/models/mlp/infer", content=httpx.Request("POST", "/", json=body(x)).content)
+    assert plain.status_code == 200 and plain.request.headers.get("content-type") is None
+    form = c.post("/v2/models/mlp/infer", content=plain.request.content,
+                  headers={"content-type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 200
+    head = b'{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","parameters":{"binary_data_size":256}}]}'
+    for raw, length in [(b"\0" * 128, len(head)), (b"\0" * 300, len(head)), (b"\0" * 256, len(head) + 999)]:
+        resp = c.post("/v2/models/mlp/infer", content=head + raw,
+                      headers={"Inference-Header-Content-Length": str(length)})
+        assert resp.status_code == 400 and "error" in resp.json(), resp.text
