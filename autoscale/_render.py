@@ -15,22 +15,76 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def results_table(title: str, results: list[SimulationResult], best: str | None = None) -> Table:
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def results_table(title: str, results: list[SimulationResult], best: str | None = None,
+                  vs_tuned: dict[str, dict] | None = None) -> Table:
+    """One row per result; `vs_tuned` (policy -> policy_rows() row) adds the x tuned-queue column."""
     t = Table(title=title, title_justify="left")
-    for col in ("policy", "SLO req", "SLO 10s win", "p50 ms", "p95 ms", "p99 ms", "replica-s", "cost $",
-                "$ / 1k req", "actions", "x bound"):
+    cols = ["policy", "SLO req", "SLO 10s win", "p50 ms", "p95 ms", "p99 ms", "replica-s", "cost $",
+            "$ / 1k req", "actions", "x bound"] + (["x queue tuned"] if vs_tuned is not None else [])
+    for col in cols:
         t.add_column(col, justify="left" if col == "policy" else "right")
     for r in results:
         name = f"[bold]{r.policy}[/bold] *" if r.policy == best else r.policy
-        ratio = r.ratio_to_bound
-        t.add_row(name, _pct(r.slo_attainment_requests), _pct(r.slo_attainment_windows),
-                  f"{r.latency_p50_ms:.1f}", f"{r.latency_p95_ms:.1f}", f"{r.latency_p99_ms:.1f}",
-                  f"{r.replica_seconds:,.0f}", f"{r.cost_total:.4f}", f"{r.cost_per_1k_requests:.5f}",
-                  str(r.scaling_actions), f"{ratio:.2f}" if ratio else "-")
+        row = [name, _pct(r.slo_attainment_requests), _pct(r.slo_attainment_windows),
+               f"{r.latency_p50_ms:.1f}", f"{r.latency_p95_ms:.1f}", f"{r.latency_p99_ms:.1f}",
+               f"{r.replica_seconds:,.0f}", f"{r.cost_total:.4f}", f"{r.cost_per_1k_requests:.5f}",
+               str(r.scaling_actions), _x(r.ratio_to_bound)]
+        if vs_tuned is not None:
+            v = vs_tuned.get(r.policy)
+            row.append("-" if not v or v["vs_tuned_queue"] is None else
+                       f"{v['vs_tuned_queue']:.2f}" + ("" if v["tuned_queue_reached"] else " (q<)"))
+        t.add_row(*row)
     return t
 
 
-def plot(groups: dict[str, list[SimulationResult]], path: str | Path) -> Path:
+def worst_case_table(title: str, rows: list[dict]) -> Table:
+    """Each policy's worst attainment, x tuned queue and x bound across traces, with the trace it came from."""
+    t = Table(title=title, title_justify="left")
+    for col in ("policy", "worst SLO req", "on", "worst x queue tuned", "on", "worst x bound", "on",
+                "meets goal everywhere", "total replica-s"):
+        t.add_column(col, justify="left" if col in ("policy", "on") else "right")
+    for r in rows:
+        t.add_row(r["policy"], _pct(r["worst_attainment"]), r["worst_attainment_trace"],
+                  _x(r["worst_vs_tuned_queue"]), r["worst_vs_tuned_queue_trace"] or "-", _x(r["worst_vs_bound"]),
+                  r["worst_vs_bound_trace"] or "-", "yes" if r["meets_goal_everywhere"] else "no",
+                  f"{r['total_replica_seconds']:,.0f}")
+    return t
+
+
+def comparison_html(data: dict) -> str:
+    """HTML tables of a Comparison's JSON: the worst case per policy, then every trace's policies."""
+    from html import escape
+
+    def table(headers: list[str], rows: list[list]) -> str:
+        head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table border='1' cellspacing='0' cellpadding='4'><tr>{head}</tr>{body}</table>"
+
+    pct = lambda v: _pct(v) if v is not None else "-"  # noqa: E731
+    out = [f"<p>Assumed replica start time: {data.get('replica_start_s')} s (profile: "
+           f"{escape(str(data.get('profile_source') or 'given'))}).</p><h2>Worst case across traces</h2>",
+           table(["policy", "worst SLO req", "on", "worst x queue tuned", "on", "worst x bound", "on",
+                  "meets goal everywhere"],
+                 [[w["policy"], pct(w["worst_attainment"]), w["worst_attainment_trace"],
+                   _x(w["worst_vs_tuned_queue"]), w["worst_vs_tuned_queue_trace"], _x(w["worst_vs_bound"]),
+                   w["worst_vs_bound_trace"], "yes" if w["meets_goal_everywhere"] else "no"]
+                  for w in data.get("worst_case", [])])]
+    for tc in data.get("traces", []):
+        out.append(f"<h2>{escape(tc['trace'])}</h2><p>Reachable: {escape(tc.get('references', {}).get('verdict', ''))}"
+                   "</p>")
+        out.append(table(["policy", "SLO req", "replica-s", "x bound", "x queue tuned", "queue target", "actions"],
+                         [[r["policy"], pct(r["slo_attainment_requests"]), f"{r['replica_seconds']:,.0f}",
+                           _x(r["vs_bound"]), _x(r["vs_tuned_queue"]) + ("" if r["tuned_queue_reached"] in
+                                                                           (True, None) else " (queue short)"),
+                           r["tuned_queue_target"], r["scaling_actions"]] for r in tc.get("policies", [])]))
+    return "\n".join(out)
+
+
+def plot(groups: dict[str, list[SimulationResult]], path: str | Path, extra_html: str = "") -> Path:
     """One column per trace: demand, replicas per policy, p95 latency per policy. PNG, or HTML with it inlined."""
     import matplotlib
 
@@ -70,6 +124,6 @@ def plot(groups: dict[str, list[SimulationResult]], path: str | Path) -> Path:
     else:
         b64 = base64.b64encode(buf.getvalue()).decode()
         path.write_text("<!doctype html><html><head><meta charset='utf-8'><title>autoscale</title></head><body>"
-                        f"<h1>Autoscaling simulation</h1><img alt='demand, replicas and latency' "
+                        f"<h1>Autoscaling simulation</h1>{extra_html}<img alt='demand, replicas and latency' "
                         f"src='data:image/png;base64,{b64}'></body></html>\n")
     return path

@@ -6,31 +6,33 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress
 
 from optimize._errors import EXIT_OK, EXIT_VERDICT_FAILED, UserError, run_cli
 
-from ._render import plot, results_table
+from ._render import comparison_html, plot, results_table, worst_case_table
 from .compare import Comparison, compare_trace, default_configs
 from .cost import CostModel, PriceTable
-from .policies import POLICIES
-from .profile import ModelProfile, measure_profile
+from .policies import DEFAULT_POLICY, POLICIES
+from .profile import DEFAULT_PROFILE_PATH, ModelProfile, measure_profile
 from .simulator import SimConfig, simulate
-from .traces import TRACE_KINDS, Trace, load_csv, make_trace
+from .traces import TRACE_KINDS, Trace, trace_from_spec
 
-DEFAULT_PROFILE = Path(__file__).with_name("default_profile.json")
+DEFAULT_PROFILE = DEFAULT_PROFILE_PATH
 
 SIMULATE_EPILOG = """examples:
+  autoscale simulate --trace mmpp --slo-p95-ms 50                 # the default policy, adaptive
   autoscale simulate --trace diurnal --policy slo --slo-p95-ms 50
   autoscale simulate --trace step --trace-param peak_rps=400 --policy queue --json --out run.json
-  autoscale simulate --trace my_traffic.csv --policy predictive --profile profile.json --plot run.html
+  autoscale simulate --trace csv:my_traffic.csv --policy predictive --profile profile.json --plot run.html
 """
 COMPARE_EPILOG = """examples:
-  autoscale compare --trace step,spike,diurnal --policies queue,target-tracking,slo,predictive
-  autoscale compare --trace diurnal --duration-s 1800 --json --plot compare.png
+  autoscale compare --trace step,spike,diurnal,bursty,mmpp,heavy
+  autoscale compare --trace step,spike,diurnal --policies adaptive,queue,target-tracking,slo,predictive
+  autoscale compare --trace diurnal,csv:prod.csv --duration-s 1800 --json --plot compare.html
+The replica start time comes from the profile (replica_start_s); compare prints the value it assumed.
 """
 PROFILE_EPILOG = """examples:
   autoscale profile model.onnx --out profile.json
@@ -66,11 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("simulate", help="simulate one policy on one trace", epilog=SIMULATE_EPILOG,
                        formatter_class=fmt)
-    s.add_argument("--trace", default="diurnal", help=f"{', '.join(TRACE_KINDS[:-1])} or a CSV file")
-    s.add_argument("--policy", default="slo", choices=list(POLICIES))
+    s.add_argument("--trace", default="diurnal", help=f"{', '.join(TRACE_KINDS[:-1])}, or csv:PATH (per-second "
+                   "rps or per-request timestamp_s column)")
+    s.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICIES),
+                   help=f"autoscaling policy (default {DEFAULT_POLICY})")
     _common(s)
     c = sub.add_parser("compare", help="compare policies on traces", epilog=COMPARE_EPILOG, formatter_class=fmt)
-    c.add_argument("--trace", default="step,spike,diurnal", help="comma-separated kinds or CSV files")
+    c.add_argument("--trace", default="step,spike,diurnal,bursty,mmpp,heavy",
+                   help="comma-separated kinds or csv:PATH (default step,spike,diurnal,bursty,mmpp,heavy)")
     c.add_argument("--policies", default=",".join(POLICIES), help="comma-separated policy names")
     c.add_argument("--no-tune-queue", action="store_true", help="skip tuning `queue` to the same attainment")
     c.add_argument("--goal", type=float, default=0.99, help="share of requests within the SLO (default 0.99)")
@@ -98,11 +103,9 @@ def _trace(spec: str, args) -> Trace:
             params[key.strip()] = float(value)
         except ValueError:
             raise UserError(f"--trace-param {key} needs a number, got {value!r}.") from None
-    if spec.endswith(".csv"):
-        if params:
-            raise UserError("--trace-param does not apply to a CSV trace.")
-        return load_csv(spec)
-    return make_trace(spec, args.duration_s, **params)
+    if (spec.startswith("csv:") or spec.lower().endswith(".csv")) and params:
+        raise UserError("--trace-param does not apply to a CSV trace.")
+    return trace_from_spec(spec, args.duration_s, **params)
 
 
 def _profile(args) -> ModelProfile:
@@ -159,7 +162,8 @@ def _simulate(args, console: Console) -> int:
     else:
         console.print(results_table(f"{trace.kind}: {result.requests:,} requests, SLO p95 <= {sim.slo_p95_ms} ms",
                                     [result]))
-        console.print(f"simulated {trace.duration_s:.0f} s in {result.wall_s:.2f} s")
+        console.print(f"simulated {trace.duration_s:.0f} s in {result.wall_s:.2f} s; assumed replica start time "
+                      f"{profile.replica_start_s:g} s (profile: {profile.source or 'given'})")
     return EXIT_OK
 
 
@@ -172,7 +176,8 @@ def _compare(args, console: Console) -> int:
     traces = [_trace(t.strip(), args) for t in args.trace.split(",") if t.strip()]
     configs = default_configs(sorted(set(policies) | {"queue"}), profile, args.slo_p95_ms,
                               _config_paths(args, None))
-    comparison = Comparison(sim_config=asdict(sim))
+    comparison = Comparison(sim_config=asdict(sim), replica_start_s=profile.replica_start_s,
+                            profile_source=profile.source)
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("simulating", total=None)
         for trace in traces:
@@ -182,21 +187,28 @@ def _compare(args, console: Console) -> int:
     if args.out:
         comparison.save(args.out)
     if args.plot:
-        plot({tc.trace: tc.results for tc in comparison.traces}, args.plot)
+        html = comparison_html(comparison.to_dict()) if args.plot.lower().endswith(".html") else ""
+        plot({tc.trace: tc.results for tc in comparison.traces}, args.plot, extra_html=html)
     if args.json:
         print(json.dumps(comparison.to_dict()))
     else:
         for tc in comparison.traces:
             rows = tc.results + ([tc.tuned_queue] if tc.tuned_queue else [])
             console.print(results_table(f"{tc.trace}: SLO p95 <= {sim.slo_p95_ms} ms, lower bound "
-                                        f"{tc.lower_bound['replica_seconds']:,.0f} replica-s", rows, tc.best_policy))
+                                        f"{tc.lower_bound['replica_seconds']:,.0f} replica-s", rows, tc.best_policy,
+                                        {r["policy"]: r for r in tc.policy_rows()}))
             s = tc.summary()
             line = f"best: {s['best_policy']} ({'meets' if s['best_meets_goal'] else 'misses'} {args.goal:.0%})"
             if "best_vs_tuned_queue" in s:
                 line += (f"; {s['best_vs_tuned_queue']:.2f}x the replica-seconds of queue tuned to the same "
                          f"attainment (target_ongoing_requests={tc.tuned_target_ongoing_requests})")
             line += f"; {s['best_vs_bound']:.2f}x the lower bound"
-            console.print(line + "\n")
+            console.print(line)
+            console.print(f"reachable: {tc.references['verdict']}\n")
+        console.print(worst_case_table(f"worst case across {len(comparison.traces)} traces (goal {args.goal:.0%})",
+                                       comparison.worst_case()))
+        console.print(f"assumed replica start time: {profile.replica_start_s:g} s (profile: "
+                      f"{profile.source or 'given'}; set replica_start_s in the profile to a measured value)")
     met = all(tc.summary()["best_meets_goal"] for tc in comparison.traces)
     return EXIT_OK if met else EXIT_VERDICT_FAILED
 

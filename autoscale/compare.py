@@ -1,8 +1,10 @@
 """Compare policies on traces: one shared arrival draw per trace, the lower bound, and `queue` tuned.
 
-`queue` (Ray Serve's default) is also searched over `target_ongoing_requests` for the setting that reaches
-the best policy's SLO attainment with the fewest replica-seconds, since a fair claim of "fewer replicas"
-is against the baseline tuned to the same attainment, not against its defaults.
+`queue` (Ray Serve's default) is also run over a sweep of `target_ongoing_requests`; every policy is then
+compared with the sweep's cheapest run that reaches that policy's SLO attainment, since a fair claim of
+"fewer replicas" is against the baseline tuned to the same attainment, not against its defaults.
+`Comparison.worst_case()` gives each policy's worst figure across the traces, so a policy is picked for
+all the traffic and not for one shape; `bound.references` says what is reachable at all on each trace.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._results import SimulationResult
-from .bound import lower_bound
+from .bound import lower_bound, references
 from .cost import CostModel
 from .policies import PolicyConfig, load_policy_config
 from .profile import ModelProfile
@@ -32,6 +34,34 @@ class TraceComparison:
     tuned_target_ongoing_requests: float | None = None
     best_policy: str | None = None
     attainment_goal: float = 0.99
+    references: dict = field(default_factory=dict)
+    queue_sweep: list[dict] = field(default_factory=list)  # target_ongoing_requests, attainment, replica-s
+
+    def tuned_queue_for(self, attainment: float) -> dict | None:
+        """The sweep's cheapest `queue` run reaching `attainment` (reached=True), else its best attainment."""
+        if not self.queue_sweep:
+            return None
+        ok = [q for q in self.queue_sweep if q["slo_attainment_requests"] >= attainment - 1e-12]
+        if ok:
+            return {**min(ok, key=lambda q: q["replica_seconds"]), "reached": True}
+        return {**max(self.queue_sweep, key=lambda q: (q["slo_attainment_requests"], -q["replica_seconds"])),
+                "reached": False}
+
+    def policy_rows(self) -> list[dict]:
+        """Per policy: attainment, replica-seconds, x bound, x `queue` tuned to the same attainment."""
+        rows = []
+        for r in self.results:
+            tq = self.tuned_queue_for(r.slo_attainment_requests)
+            rows.append({
+                "policy": r.policy, "slo_attainment_requests": r.slo_attainment_requests,
+                "replica_seconds": r.replica_seconds, "vs_bound": r.ratio_to_bound,
+                "vs_tuned_queue": r.replica_seconds / tq["replica_seconds"] if tq else None,
+                "tuned_queue_target": tq["target_ongoing_requests"] if tq else None,
+                "tuned_queue_reached": tq["reached"] if tq else None,
+                "meets_goal": r.slo_attainment_requests >= self.attainment_goal,
+                "scaling_actions": r.scaling_actions,
+            })
+        return rows
 
     def best(self) -> SimulationResult | None:
         return next((r for r in self.results if r.policy == self.best_policy), None)
@@ -53,6 +83,7 @@ class TraceComparison:
             "results": [r.to_dict() for r in self.results],
             "tuned_queue": self.tuned_queue.to_dict() if self.tuned_queue else None,
             "tuned_target_ongoing_requests": self.tuned_target_ongoing_requests,
+            "references": self.references, "queue_sweep": self.queue_sweep, "policies": self.policy_rows(),
         }
 
 
@@ -60,9 +91,38 @@ class TraceComparison:
 class Comparison:
     traces: list[TraceComparison] = field(default_factory=list)
     sim_config: dict = field(default_factory=dict)
+    replica_start_s: float | None = None  # the profile's replica start time every simulation assumed
+    profile_source: str = ""
+
+    def worst_case(self) -> list[dict]:
+        """Per policy, its worst figure across the traces and which trace it came from."""
+        by_policy: dict[str, list[tuple[str, dict]]] = {}
+        for tc in self.traces:
+            for row in tc.policy_rows():
+                by_policy.setdefault(row["policy"], []).append((tc.trace, row))
+        out = []
+        for policy, rows in by_policy.items():
+            att = min(rows, key=lambda x: x[1]["slo_attainment_requests"])
+            tuned = [x for x in rows if x[1]["vs_tuned_queue"] is not None]
+            vs_q = max(tuned, key=lambda x: x[1]["vs_tuned_queue"]) if tuned else None
+            bound = [x for x in rows if x[1]["vs_bound"] is not None]
+            vs_b = max(bound, key=lambda x: x[1]["vs_bound"]) if bound else None
+            out.append({
+                "policy": policy, "traces": len(rows),
+                "worst_attainment": att[1]["slo_attainment_requests"], "worst_attainment_trace": att[0],
+                "worst_vs_tuned_queue": vs_q[1]["vs_tuned_queue"] if vs_q else None,
+                "worst_vs_tuned_queue_trace": vs_q[0] if vs_q else None,
+                "worst_vs_bound": vs_b[1]["vs_bound"] if vs_b else None,
+                "worst_vs_bound_trace": vs_b[0] if vs_b else None,
+                "meets_goal_everywhere": all(r["meets_goal"] for _, r in rows),
+                "total_replica_seconds": sum(r["replica_seconds"] for _, r in rows),
+            })
+        return out
 
     def to_dict(self) -> dict:
-        return {"sim_config": self.sim_config, "traces": [t.to_dict() for t in self.traces]}
+        return {"sim_config": self.sim_config, "replica_start_s": self.replica_start_s,
+                "profile_source": self.profile_source, "worst_case": self.worst_case(),
+                "traces": [t.to_dict() for t in self.traces]}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
@@ -91,19 +151,20 @@ def compare_trace(trace: Trace, policies: list[str], profile: ModelProfile, sim:
 
     results = [run(p, configs[p]) for p in policies]
     best = pick_best(results, goal)
-    comp = TraceComparison(trace.kind, lb.to_dict(), results, best_policy=best.policy, attainment_goal=goal)
+    refs = references(arrivals, trace.duration_s, profile, sim.slo_p95_ms, sim.min_replicas, goal)
+    comp = TraceComparison(trace.kind, lb.to_dict(), results, best_policy=best.policy, attainment_goal=goal,
+                           references=refs.to_dict())
     if tune_queue:
-        goal_att = min(best.slo_attainment_requests, 1.0)
         base = configs.get("queue") or load_policy_config("queue")
-        tuned = None
+        sweep: list[SimulationResult] = []
         for target in sorted(TUNE_TARGETS, reverse=True):  # fewest replicas first
             r = run("queue", base.replace(target_ongoing_requests=target), f"queue target_ongoing_requests={target}")
-            if r.slo_attainment_requests >= goal_att - 1e-12:
-                tuned, comp.tuned_target_ongoing_requests = r, target
-                break
-            tuned = r if tuned is None or r.slo_attainment_requests > tuned.slo_attainment_requests else tuned
-        if comp.tuned_target_ongoing_requests is None and tuned is not None:
-            comp.tuned_target_ongoing_requests = tuned.policy_config["target_ongoing_requests"]
+            sweep.append(r)
+            comp.queue_sweep.append({"target_ongoing_requests": target, "replica_seconds": r.replica_seconds,
+                                     "slo_attainment_requests": r.slo_attainment_requests})
+        tq = comp.tuned_queue_for(min(best.slo_attainment_requests, 1.0))
+        comp.tuned_target_ongoing_requests = tq["target_ongoing_requests"]
+        tuned = next(r for r in sweep if r.policy_config["target_ongoing_requests"] == tq["target_ongoing_requests"])
         tuned.policy = "queue (tuned)"
         comp.tuned_queue = tuned
     return comp

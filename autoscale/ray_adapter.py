@@ -12,7 +12,8 @@ import dataclasses
 import time
 
 from autoscale import metrics as m
-from autoscale.policies import CONFIGS, Observation, get_policy, load_policy_config
+from autoscale.policies import CONFIGS, DEFAULT_POLICY, Observation, get_policy, load_policy_config
+from autoscale.profile import replica_start_s_of
 
 POLICY_FUNCTION = "autoscale.ray_adapter:OptiservePolicy"
 _STATE_KEY = "optiserve"  # our state lives under one key of Ray's policy_state, beside Ray's own keys
@@ -24,13 +25,17 @@ _RAY_FIELDS = ("initial_replicas", "metrics_interval_s", "look_back_period_s", "
                "downscale_to_zero_delay_s")
 
 
-def build_autoscaling_config(policy: str, config_path: str | None, min_replicas: int, max_replicas: int,
-                             **overrides) -> dict:
-    """The `autoscaling_config` dict for a Ray Serve deployment driven by pure policy `policy`.
+def build_autoscaling_config(policy: str | None, config_path: str | None, min_replicas: int, max_replicas: int,
+                             replica_start_s: float | None = None, **overrides) -> dict:
+    """The `autoscaling_config` dict for a Ray Serve deployment driven by pure policy `policy` (None: the
+    default, `adaptive`).
 
+    `replica_start_s` is what the policy assumes a new replica takes to serve; None reads it from the policy
+    config's `profile_path`, else from the shipped profile (never a constant here).
     `overrides` may set policy config fields (e.g. slo_p95_ms=80) or Ray fields (initial_replicas,
     metrics_interval_s, look_back_period_s); None values are ignored.
     """
+    policy = policy or DEFAULT_POLICY
     get_policy(policy)
     fields = {f.name for f in dataclasses.fields(CONFIGS[policy])}
     policy_over = {k: v for k, v in overrides.items() if k in fields and v is not None}
@@ -52,7 +57,10 @@ def build_autoscaling_config(policy: str, config_path: str | None, min_replicas:
         "upscaling_factor": 1.0,
         "downscaling_factor": 1.0,
         "policy": {"policy_function": POLICY_FUNCTION,
-                   "policy_kwargs": {"policy": policy, "config": cfg.to_dict()}},
+                   "policy_kwargs": {"policy": policy, "config": cfg.to_dict(),
+                                     "replica_start_s": float(replica_start_s if replica_start_s is not None
+                                                              else replica_start_s_of(getattr(cfg, "profile_path",
+                                                                                              None)))}},
     }
     if hasattr(cfg, "target_ongoing_requests"):
         out["target_ongoing_requests"] = cfg.target_ongoing_requests  # shown by Ray's own dashboards
@@ -96,11 +104,13 @@ def observation_from_context(ctx, replica_start_s: float = 0.0) -> Observation:
 class OptiservePolicy:
     """Ray Serve custom autoscaling policy: `OptiservePolicy(policy=NAME, config={...})(ctx)`."""
 
-    def __init__(self, policy: str, config: dict | None = None, replica_start_s: float = 10.0) -> None:
+    def __init__(self, policy: str = DEFAULT_POLICY, config: dict | None = None,
+                 replica_start_s: float | None = None) -> None:
         self.name = policy
         self.fn = get_policy(policy)
         self.config = CONFIGS[policy].from_dict(config or {})
-        self.replica_start_s = replica_start_s
+        self.replica_start_s = (replica_start_s if replica_start_s is not None
+                                else replica_start_s_of(getattr(self.config, "profile_path", None)))
 
     def __call__(self, ctx) -> tuple[int, dict]:
         obs = observation_from_context(ctx, self.replica_start_s)

@@ -17,7 +17,9 @@ import numpy as np
 
 from optimize._errors import UserError
 
-TRACE_KINDS = ("constant", "step", "spike", "ramp", "diurnal", "bursty", "replay")
+from ._synthetic import heavy_points, mmpp_points
+
+TRACE_KINDS = ("constant", "step", "spike", "ramp", "diurnal", "bursty", "mmpp", "heavy", "replay")
 
 _EPS_S = 1e-6  # width of a vertical edge in the rate table (np.interp needs increasing x)
 
@@ -131,6 +133,9 @@ def make_trace(kind: str, duration_s: float = 3600.0, **params) -> Trace:
     spike: base_rps=50, peak_rps=300, spike_at_s=D/2, spike_duration_s=60, rise_s=5.
     ramp: start_rps=10, end_rps=200. diurnal: min_rps=20, peak_rps=200, period_s=D, noise=0.1, noise_seed=0.
     bursty: base_rps=20, burst_rps=200, on_s=30, off_s=90. replay: rates_rps=[...] per second.
+    mmpp: base_rps=20, peak_rps=200, states=4, mean_dwell_s=60, seed=0 (Markov-modulated Poisson process).
+    heavy: mean_rps=60, base_rps=10, sources=16, alpha=1.4, mean_on_s=20, mean_off_s=60, seed=0 (superposed
+    Pareto ON/OFF sources: self-similar). See `_synthetic` for both.
     """
     d = _positive("duration_s", duration_s, allow_zero=False)
     defaults = {
@@ -141,6 +146,9 @@ def make_trace(kind: str, duration_s: float = 3600.0, **params) -> Trace:
         "ramp": {"start_rps": 10.0, "end_rps": 200.0},
         "diurnal": {"min_rps": 20.0, "peak_rps": 200.0, "period_s": d, "noise": 0.1, "noise_seed": 0},
         "bursty": {"base_rps": 20.0, "burst_rps": 200.0, "on_s": 30.0, "off_s": 90.0},
+        "mmpp": {"base_rps": 20.0, "peak_rps": 200.0, "states": 4, "mean_dwell_s": 60.0, "seed": 0},
+        "heavy": {"mean_rps": 60.0, "base_rps": 10.0, "sources": 16, "alpha": 1.4, "mean_on_s": 20.0,
+                  "mean_off_s": 60.0, "seed": 0},
         "replay": {"rates_rps": None},
     }
     if kind not in defaults:
@@ -189,6 +197,12 @@ def make_trace(kind: str, duration_s: float = 3600.0, **params) -> Trace:
             pts += [(t, p["burst_rps"]), (min(t + p["on_s"], d), p["base_rps"])]
             t += p["on_s"] + p["off_s"]
         times, rates = _edges(pts, d)
+    elif kind == "mmpp":
+        times, rates = _edges(mmpp_points(d, p["base_rps"], p["peak_rps"], p["states"], p["mean_dwell_s"],
+                                          p["seed"]), d)
+    elif kind == "heavy":
+        times, rates = _edges(heavy_points(d, p["mean_rps"], p["sources"], p["alpha"], p["mean_on_s"],
+                                           p["mean_off_s"], p["base_rps"], p["seed"]), d)
     else:  # replay
         if p["rates_rps"] is None:
             raise UserError("a replay trace needs rates_rps (per-second rates) or use load_csv(path).")
@@ -209,6 +223,16 @@ _TS_COLS = ("timestamp_s", "timestamp", "time_s", "time", "t", "ts")
 _RATE_COLS = ("rps", "rate_rps", "rate", "requests_per_s", "requests")
 
 
+def trace_from_spec(spec: str, duration_s: float = 3600.0, **params) -> Trace:
+    """A trace from a command-line spec: a kind (see TRACE_KINDS), `csv:PATH`, or a path ending in .csv."""
+    spec = spec.strip()
+    if spec.startswith("csv:") or spec.lower().endswith(".csv"):
+        if params:
+            raise UserError("trace parameters do not apply to a replayed CSV trace.")
+        return load_csv(spec[4:] if spec.startswith("csv:") else spec)
+    return make_trace(spec, duration_s, **params)
+
+
 def load_csv(path: str | Path) -> Trace:
     """Replay a CSV: a `timestamp_s` column (one row per request) or an `rps` column (one row per second).
 
@@ -217,8 +241,11 @@ def load_csv(path: str | Path) -> Trace:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"trace file {path} does not exist.")
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"trace file {path} is not a readable text CSV ({type(exc).__name__}).") from None
     if len(rows) < 2:
         raise UserError(f"trace file {path} needs a header row and at least one data row.")
     header = [h.strip().lower() for h in rows[0]]
@@ -227,11 +254,24 @@ def load_csv(path: str | Path) -> Trace:
     if ts_col is None and rate_col is None:
         raise UserError(f"trace file {path} needs a header with a timestamp_s column (one row per request) "
                         f"or an rps column (per-second rates); got {rows[0]}.")
-    try:
-        data = np.array([[float(r[i]) for i in (ts_col, rate_col) if i is not None] for r in rows[1:] if r],
-                        dtype=float)
-    except (ValueError, IndexError) as exc:
-        raise UserError(f"trace file {path} has a non-numeric or missing value ({exc}).") from None
+    cols = [i for i in (ts_col, rate_col) if i is not None]
+    values = []
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        try:
+            values.append([float(row[i]) for i in cols])
+        except IndexError:
+            raise UserError(f"trace file {path} line {lineno} has fewer columns than its header.") from None
+        except ValueError:
+            raise UserError(f"trace file {path} line {lineno} has a non-numeric value: {row}.") from None
+    if not values:
+        raise UserError(f"trace file {path} has a header but no data rows.")
+    data = np.array(values, dtype=float)
+    if not np.all(np.isfinite(data)) or np.any(data < 0):
+        bad = int(np.flatnonzero(~np.all(np.isfinite(data) & (data >= 0), axis=1))[0])
+        raise UserError(f"trace file {path} has a negative or non-finite value in data row {bad + 1}; "
+                        "times and rates must be finite and >= 0.")
     params = {"source": str(path)}
     if rate_col is None:  # timestamps
         ts = np.sort(data[:, 0] - data[:, 0].min())

@@ -8,6 +8,7 @@ from pathlib import Path
 from optimize._errors import UserError
 
 from ._base import Observation, PolicyConfig, read_yaml
+from .adaptive import AdaptiveConfig, adaptive_policy
 from .predictive import PredictiveConfig, predictive_policy
 from .queue import QueuePolicyConfig, queue_policy
 from .slo import SloPolicyConfig, slo_policy
@@ -15,13 +16,16 @@ from .target_tracking import TargetTrackingConfig, target_tracking_policy
 
 PolicyFn = Callable[[Observation, PolicyConfig, dict], tuple[int, dict]]
 
+DEFAULT_POLICY = "adaptive"
 POLICIES: dict[str, PolicyFn] = {
+    "adaptive": adaptive_policy,
     "queue": queue_policy,
     "target-tracking": target_tracking_policy,
     "slo": slo_policy,
     "predictive": predictive_policy,
 }
 CONFIGS: dict[str, type[PolicyConfig]] = {
+    "adaptive": AdaptiveConfig,
     "queue": QueuePolicyConfig,
     "target-tracking": TargetTrackingConfig,
     "slo": SloPolicyConfig,
@@ -56,6 +60,8 @@ def load_policy_config(name: str, path: str | Path | None = None, **overrides) -
 
 __all__ = [
     "CONFIGS",
+    "DEFAULT_POLICY",
+    "AdaptiveConfig",
     "POLICIES",
     "Observation",
     "PolicyConfig",
@@ -63,6 +69,7 @@ __all__ = [
     "QueuePolicyConfig",
     "SloPolicyConfig",
     "TargetTrackingConfig",
+    "adaptive_policy",
     "get_policy",
     "load_policy_config",
     "predictive_policy",

@@ -13,7 +13,7 @@ from autoscale.ray_adapter import METRICS_INTERVAL_S, POLICY_FUNCTION, Optiserve
 from optimize._errors import UserError
 
 
-@pytest.mark.parametrize("policy", ["queue", "target-tracking", "slo", "predictive"])
+@pytest.mark.parametrize("policy", ["adaptive", "queue", "target-tracking", "slo", "predictive"])
 def test_config_is_accepted_by_ray_serve(policy):
     from ray.serve.config import AutoscalingConfig
 
@@ -45,6 +45,21 @@ def test_policy_reads_serve_metrics_and_keeps_its_state():
     desired, _ = policy(_ctx(aggregated_metrics={m.ARRIVAL_RATE_RPS: {"r1": 5.0}}, policy_state=state,
                              total_num_requests=1.0, current_time=101.0))
     assert desired == 10  # scale-down waits out downscale_delay_s, using the state from the last call
+
+
+def test_default_policy_and_start_time_come_from_the_profile(tmp_path):
+    from autoscale.profile import ModelProfile, replica_start_s_of
+
+    d = build_autoscaling_config(None, None, 1, 6)
+    kwargs = d["policy"]["policy_kwargs"]
+    assert kwargs["policy"] == "adaptive" and kwargs["replica_start_s"] == replica_start_s_of()
+    prof = tmp_path / "p.json"
+    ModelProfile({1: 10.0}, replica_start_s=23.0).save(prof)
+    d = build_autoscaling_config("adaptive", None, 1, 6, profile_path=str(prof))
+    assert d["policy"]["policy_kwargs"]["replica_start_s"] == 23.0
+    assert OptiservePolicy(**d["policy"]["policy_kwargs"]).replica_start_s == 23.0
+    assert build_autoscaling_config("slo", None, 1, 6, replica_start_s=4.0)["policy"]["policy_kwargs"][
+        "replica_start_s"] == 4.0
 
 
 # ---------------------------------------------------------------- real Ray Serve (integration)

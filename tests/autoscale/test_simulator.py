@@ -5,6 +5,7 @@ import pytest
 
 from autoscale._results import SimulationResult
 from autoscale.bound import lower_bound
+from autoscale.compare import default_configs
 from autoscale.policies import load_policy_config
 from autoscale.profile import ModelProfile
 from autoscale.simulator import SimConfig, simulate
@@ -82,3 +83,30 @@ def test_bad_sim_config_is_a_user_error():
         SimConfig(min_replicas=5, max_replicas=2)
     with pytest.raises(UserError):
         SimConfig(service="weird")
+
+
+def test_policies_see_the_profiles_replica_start_time(monkeypatch):
+    from autoscale import policies
+
+    seen = []
+
+    def spy(obs, cfg, state):
+        seen.append(obs.replica_start_s)
+        return policies.adaptive_policy(obs, cfg, state)
+
+    monkeypatch.setitem(policies.POLICIES, "adaptive", spy)
+    prof = ModelProfile({1: 10.0}, replica_start_s=17.5, max_batch_size=1)
+    cfg = default_configs(["adaptive"], prof, 50.0)["adaptive"]
+    r = simulate(make_trace("constant", 20.0, rps=20), "adaptive", cfg, prof, SimConfig())
+    assert set(seen) == {17.5} and r.profile["replica_start_s"] == 17.5
+
+
+def test_adaptive_default_holds_the_slo_on_a_short_bursty_trace_after_the_first_burst():
+    prof = ModelProfile({1: 16.6}, replica_start_s=10.0, max_batch_size=1, batch_wait_ms=0.0)
+    cfg = default_configs(["adaptive"], prof, 50.0)["adaptive"]
+    tr = make_trace("bursty", 1200.0)
+    r = simulate(tr, "adaptive", cfg, prof, SimConfig())
+    ts = r.timeseries
+    # every burst after the second is served within the SLO: capacity is held through the lulls
+    late = [t for t, p in zip(ts["t_s"], ts["latency_p95_ms"], strict=True) if p is not None and p > 50 and t > 300]
+    assert not late and r.scaling_actions < 20

@@ -11,7 +11,7 @@ CAP = 100.0  # requests/s one replica serves within the objective
 
 
 def _cfg(name, **kw):
-    if name in ("slo", "predictive"):
+    if name in ("adaptive", "slo", "predictive"):
         kw.setdefault("capacity_rps_per_replica", CAP)
     return load_policy_config(name, None, **kw)
 

@@ -1,0 +1,176 @@
+"""`adaptive` (the default): capacity from the arrival rate, held in proportion to what a replica start costs and
+to the bursts already seen; built to hold the SLO on every trace family rather than to win on one.
+
+What it copies, and from where:
+- Knative KPA: a stable need and a panic need; panic (the fleet is behind: requests queue, or the latest
+  need is at least `panic_threshold` x the ready replicas) scales up at once and never scales down while it
+  lasts (KPA's rule against churn); it ends only after a calm stable window.
+- Kubernetes HPA `behavior`: scale-up has no stabilisation window, scale-down takes the highest
+  recommendation of a window (`stabilizationWindowSeconds`, default 300 s) and is rate-limited (HPA's
+  scale-down `policies`; here one step per `downscale_step_s`, of at most half the surplus).
+- Ray Serve's default (`queue`): a long downscale delay (600 s) against flapping; here the delay is not a
+  constant but scales with the replica start time and the burstiness seen.
+
+Why hold longer when starts are slow and traffic is bursty: a released replica is only worth releasing if
+the demand does not come back within a start time; otherwise every request of the burst that arrives
+before the new replica is ready misses the objective, and no later scaling can win them back. So:
+
+- steady need: square-root staffing / Erlang C on the rate (shared with `slo`), times
+  (1 + `headroom_per_start` x start time), so a slower start keeps more spare capacity for growth during it;
+- burst memory: a *fast rise* is a rate increase within about one start time (plus the metrics lag) that is
+  larger than the spare capacity held then, i.e. a burst faster than a start. Their times are kept for
+  `memory_s`;
+- hold window (scale-down stabilisation): `hold_starts` x start time, at least `min_hold_s`; once fast
+  rises have recurred, `burst_gap_factor` x the longest gap between them (capped at `memory_s`), so the
+  fleet keeps what the last burst needed until the next one is due. Smooth traffic (no fast rises) keeps a
+  short hold and pays little; bursty traffic keeps its peak capacity, because releasing it loses the SLO.
+
+Pure: `(Observation, AdaptiveConfig, state) -> (replicas, state)`; the state is a JSON-able dict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from optimize._errors import UserError
+
+from ._base import Observation
+from .slo import SloPolicyConfig, burst_need, steady_need
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig(SloPolicyConfig):
+    target_miss: float = 0.005  # leaves half of a 1 % miss budget to transitions (bursts, starts)
+    headroom_per_start: float = 0.0  # standing spare capacity per second of start time (0.01: +10 % at 10 s)
+    min_hold_s: float = 60.0  # shortest scale-down stabilisation window (KPA's stable window)
+    hold_starts: float = 6.0  # ... and at least this many replica start times
+    rise_hold_starts: float = 60.0  # after a fast rise, hold at least this many start times ...
+    burst_gap_factor: float = 1.5  # ... and, once they recur, this x the longest gap between them
+    max_growth: float = 3.0  # in a rise, the rate is extrapolated over the metrics lag, at most this x
+    memory_s: float = 1800.0  # how long a fast rise is remembered (and the longest hold)
+    rise_lag_s: float = 6.0  # metrics lag added to the start time when looking for fast rises
+    bucket_s: float = 2.0  # rate history resolution (one metrics push)
+    panic_threshold: float = 2.0  # KPA: panic when the latest need >= this x the ready replicas
+    downscale_step_s: float = 10.0  # at most one scale-down step per this many seconds ...
+    downscale_fraction: float = 0.5  # ... removing at most this share of the surplus (at least one)
+    look_back_period_s: float = 4.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.bucket_s <= 0 or self.memory_s <= 0 or self.burst_gap_factor < 1 or self.panic_threshold < 1:
+            raise UserError("bucket_s and memory_s must be positive, burst_gap_factor and panic_threshold >= 1.")
+        if not 0 < self.downscale_fraction <= 1:
+            raise UserError("downscale_fraction must lie in (0, 1].")
+
+
+def _hold_window(cfg: AdaptiveConfig, start_s: float, rises: list) -> float:
+    hold = max(cfg.min_hold_s, cfg.hold_starts * start_s)
+    if rises:
+        hold = max(hold, min(cfg.rise_hold_starts * start_s, cfg.memory_s))
+    if len(rises) >= 2:
+        gaps = [b - a for a, b in zip(rises, rises[1:], strict=False)]
+        hold = max(hold, min(cfg.burst_gap_factor * max(gaps), cfg.memory_s))
+    return hold
+
+
+def _need(cfg: AdaptiveConfig, obs: Observation, rate: float, headroom: float) -> int:
+    if cfg.capacity_rps_per_replica is None:  # no capacity model: ongoing requests / 2 per replica
+        return math.ceil(obs.ongoing_requests * (1.0 + headroom) / cfg.fallback_ongoing_per_replica - 1e-9)
+    return steady_need(cfg, rate * (1.0 + headroom))  # steady_need adds cfg.headroom on top
+
+
+def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple[int, dict]:
+    t, rate, start_s = obs.time_s, max(obs.arrival_rate_rps, 0.0), obs.replica_start_s
+    # The observation changes once per metrics push; between pushes only the clock moves, so a full
+    # evaluation at most every 0.5 s is enough (and keeps a one-hour simulation fast).
+    key = [rate, obs.queued_requests, obs.ongoing_requests, obs.current_replicas, obs.target_replicas]
+    if state.get("key") == key and t - state.get("eval_s", -1e9) < 0.5:
+        return obs.clamp(state["desired"]), state
+    cap = cfg.capacity_rps_per_replica or 1.0
+    headroom = cfg.headroom_per_start * start_s
+
+    # Rate history: [bucket_start_s, max, min, sum, n] per bucket, over the fast-rise and smoothing windows.
+    look = start_s + cfg.rise_lag_s
+    keep = max(look, cfg.rate_window_s) + cfg.bucket_s
+    hist = [list(h) for h in state.get("hist", []) if t - h[0] <= keep]
+    if hist and t - hist[-1][0] < cfg.bucket_s:
+        h = hist[-1]
+        hist[-1] = [h[0], max(h[1], rate), min(h[2], rate), h[3] + rate, h[4] + 1]
+    else:
+        hist.append([t, rate, rate, rate, 1])
+
+    # A fast rise: within one start time plus the metrics lag the rate grew past the capacity the fleet's
+    # steady need held at the low point, by more than one replica: a burst faster than a start.
+    rises = [r for r in state.get("rises", []) if t - r < cfg.memory_s]
+    low = min(h[2] for h in hist if t - h[0] <= look)
+    held_then = _need(cfg, obs, low, headroom) * cap
+    # Confirmed on two successive observations, so one noisy sample is not a burst.
+    fresh = not rises or t - rises[-1] > look
+    above = cfg.capacity_rps_per_replica is not None and rate > held_then and rate - low > cap and fresh
+    pending = state.get("rise_pending")
+    if above and pending is not None and t - pending[0] >= cfg.bucket_s - 1e-9:
+        rises.append(t)
+        pending = None
+    elif above:
+        pending = pending or [t, rate]
+    else:
+        pending = None
+
+    # Highest measured rate per minute over the memory: the size recurring bursts have shown.
+    peaks = [list(p) for p in state.get("peaks", []) if t - p[0] < cfg.memory_s]
+    if peaks and t - peaks[-1][0] < 60.0:
+        peaks[-1][1] = max(peaks[-1][1], obs.arrival_rate_rps)
+    else:
+        peaks.append([t, obs.arrival_rate_rps])
+    hold_s = _hold_window(cfg, start_s, rises)
+    ready = obs.current_replicas
+    cur = state.get("cur", [t, obs.arrival_rate_rps])
+    prev = state.get("prev", cur)
+    if cur[1] != obs.arrival_rate_rps:  # a new metrics push: remember the last two rates for the slope
+        prev, cur = cur, [t, obs.arrival_rate_rps]
+    state = {**state, "prev": prev, "cur": cur}
+    rising = bool(rises) and t - rises[-1] <= look
+    # What the hold window keeps: the need of the mean rate over rate_window_s (noise does not ratchet the
+    # windowed maximum up), or of the latest rate when it jumped above that mean by jump_tolerance.
+    recent = [h for h in hist if t - h[0] < cfg.rate_window_s]
+    mean = sum(h[3] for h in recent) / max(sum(h[4] for h in recent), 1)
+    steady = _need(cfg, obs, rate if rate > mean * (1.0 + cfg.jump_tolerance) else mean, headroom)
+    if rising:  # the lagged mean trails a fast rise: extrapolate its slope over the metrics lag
+        (prev_t, prev_rate), (cur_t, _) = state.get("prev", [t, rate]), state.get("cur", [t, rate])
+        slope = (rate - prev_rate) / (cur_t - prev_t) if cur_t > prev_t else 0.0
+        rate = min(max(rate, rate + slope * cfg.rise_lag_s / 2), max(rate, low) * cfg.max_growth)
+        if len(rises) >= 2:  # recurring bursts have shown their size: do not project past it
+            rate = min(rate, max(obs.arrival_rate_rps, max((p for _, p in peaks), default=0.0)))
+    need_panic, panic_state = (0, {}) if cfg.capacity_rps_per_replica is None else burst_need(obs, cfg, rate, state)
+    if rising and cfg.capacity_rps_per_replica is not None and rate > cap * ready:
+        # Burst faster than a start: ask now for the backlog the ready replicas will pile up until new
+        # ones start, drained within drain_s (every queued request is late; a quick drain saves the next).
+        backlog = obs.queued_requests + max(rate - cap * ready, 0.0) * start_s
+        need_panic = max(need_panic, math.ceil(_need(cfg, obs, rate, headroom) + backlog / (cap * cfg.drain_s) - 1e-9))
+    panic_until = state.get("panic_until_s")
+    if need_panic > 0 or rising or (steady > ready and steady >= cfg.panic_threshold * max(ready, 1)):
+        panic_until = t + start_s
+    elif panic_until is not None and t >= panic_until:
+        panic_until = None
+
+    # Scale-down stabilisation: the highest steady need over the hold window (HPA); scale-up is immediate.
+    recs = [list(r) for r in state.get("recs", []) if t - r[0] < hold_s]
+    if recs and t - recs[-1][0] < cfg.bucket_s:
+        recs[-1][1] = max(recs[-1][1], steady)
+    else:
+        recs.append([t, steady])
+    want = max(max(r for _, r in recs), need_panic)
+
+    target = obs.target_replicas
+    last_down = state.get("last_down_s")
+    if want < target:
+        if panic_until is not None or (last_down is not None and t - last_down < cfg.downscale_step_s):
+            want = target  # KPA: no scale-down in panic; HPA-style rate limit between steps
+        else:
+            want = target - max(1, math.floor((target - want) * cfg.downscale_fraction))
+            last_down = t
+    desired = obs.clamp(want)
+    return desired, {**panic_state, "prev": prev, "cur": cur, "hist": hist, "rises": rises, "recs": recs,
+                     "peaks": peaks, "rise_pending": pending, "panic_until_s": panic_until, "last_down_s": last_down,
+                     "hold_s": hold_s, "key": key, "eval_s": t, "desired": desired}
