@@ -25,7 +25,7 @@ import numpy as np
 from optimize._errors import UserError
 from optimize.choice import ANCHOR, choose, kind_order
 from optimize.cpu import CpuInfo, choose_format, detect_cpu
-from optimize.data import Dataset, InputSpec, load_npz
+from optimize.data import DataOptions, Dataset, InputSpec, load_dataset
 from optimize.loading import SourceModel
 from optimize.quantize import Inputs, Progress, QuantizeConfig, measure_variants
 from optimize.report import QuantizeReport, VariantResult, to_markdown
@@ -87,10 +87,10 @@ class _Logits:
         return out[0] if isinstance(out, tuple) else next(iter(out.values()))
 
 
-def _data(path: Path | None, names: list[str], vocab: int, samples: int, what: str) -> Dataset | None:
+def _data(path: Path | None, names: list[str], what: str, options: DataOptions) -> Dataset | None:
     if path is None:
         return None
-    data = load_npz(path, what)
+    data = load_dataset(path, what, options)
     missing = [n for n in names if n not in data.inputs]
     if missing:
         raise UserError(f"{what} {path} lacks arrays {missing}; the model takes {names} (token ids, int64)")
@@ -153,8 +153,8 @@ def quantize_hf(model_dir: Path, out: Path, config: QuantizeConfig = QuantizeCon
     names = [i.name for i in graph.input]
     vocab = int(getattr(model.config, "vocab_size", 100))
     seq = int(config.input_shape.split(",")[-1]) if config.input_shape else DEFAULT_SEQUENCE
-    calib = _data(calibration_path, names, vocab, 0, "calibration data")
-    evald = _data(eval_path, names, vocab, 0, "evaluation data")
+    calib = _data(calibration_path, names, "calibration data", config.data)
+    evald = _data(eval_path, names, "evaluation data", config.data)
     labelled = evald is not None and evald.labels is not None
     if not labelled:
         notes.append("accuracy was not measured (no --eval-data with labels): the budget applies to the relative "

@@ -119,7 +119,10 @@ def _check_runs(source: SourceModel, inputs: Inputs) -> None:
         source.run_torch(inputs.evaluation.take(2))
     except Exception as exc:
         shapes = {s.name: s.shape for s in inputs.specs}
-        raise UserError(f"the model does not accept inputs of shape {shapes}: {str(exc).splitlines()[0]}") from None
+        data = inputs.evaluation
+        found = f" ({data.origin} holds {data.found})" if data.origin and data.found else ""
+        raise UserError(f"the model does not accept inputs of shape {shapes}{found}: {str(exc).splitlines()[0]}; "
+                        "check --input-shape, or say which array feeds which input with --inputs NAME=ARRAY") from None
 
 
 def variant_specs(config: QuantizeConfig, has_calibration: bool) -> tuple[list[VariantSpec], list[str]]:
