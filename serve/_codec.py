@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from optimize.repository import TensorSpec
+from optiserve.repository import TensorSpec
 
 DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
@@ -380,13 +380,15 @@ def encode_outputs(
 
 def _tensor_bytes(arr: np.ndarray, datatype: str) -> bytes:
     if datatype == "BYTES":
-        parts = [v.encode() if isinstance(v, str) else bytes(v) for v in arr.ravel().tolist()]
+        parts = [v if isinstance(v, bytes) else _text(v).encode() for v in arr.ravel().tolist()]
         return b"".join(struct.pack("<I", len(p)) + p for p in parts)
     return np.ascontiguousarray(arr, DTYPES[datatype].newbyteorder("<")).tobytes()
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
 
 
 def render_response(response: InferenceResponse) -> tuple[bytes, int | None]:
