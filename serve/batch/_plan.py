@@ -1,0 +1,201 @@
+"""Input discovery and shard planning. Pure (files and folders only; no Ray).
+
+Every input file is one shard, and each shard maps to one output shard `OUT/shards/<id>.parquet` with its
+rejects `<id>.rejects.jsonl` and, written last, its completion marker `<id>.done.json`. A shard is complete
+when its marker exists and still describes the same input file (size, mtime) and the same model (sha256);
+anything else (no marker, a stale marker, leftover `.tmp` files of a crashed run) is redone from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from optiserve.errors import UserError
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".csv.gz": "csv",
+           ".tsv.gz": "csv", ".npz": "npz", ".npy": "npy"}
+SHARDS = "shards"
+TMP = ".tmp"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str  # absolute
+    format: str  # parquet | csv | npz | npy
+    size: int
+    mtime_ns: int
+    shard_id: str  # stable name of its output shard
+    delimiter: str = ","  # csv/tsv
+    header: bool = True  # csv: False when the first line is all numbers (columns are then f0, f1, ...)
+    ncols: int = 0  # csv: columns in the first line
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A complete output shard: written last, after the shard and its rejects are in place."""
+
+    shard_id: str
+    input: str
+    input_size: int
+    input_mtime_ns: int
+    model_sha256: str
+    rows: int  # input rows = output rows + rejected
+    output_rows: int
+    rejected: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def _format(path: Path) -> str | None:
+    name = path.name.lower()
+    for suffix in sorted(FORMATS, key=len, reverse=True):
+        if name.endswith(suffix):
+            return FORMATS[suffix]
+    return None
+
+
+def shard_id(path: str) -> str:
+    """A stable, file-system-safe name: the file's stem and a hash of its absolute path."""
+    stem = _UNSAFE.sub("_", Path(path).name)[:60]
+    return f"{stem}-{hashlib.sha1(path.encode()).hexdigest()[:10]}"
+
+
+def _csv_layout(path: Path) -> tuple[str, bool, int]:
+    import gzip
+
+    delimiter = "\t" if ".tsv" in path.name.lower() else ","
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", newline="") as fh:
+        first = fh.readline().rstrip("\r\n")
+    fields = first.split(delimiter)
+
+    def number(text: str) -> bool:
+        try:
+            float(text)
+        except ValueError:
+            return False
+        return True
+
+    return delimiter, not (first and all(number(f) for f in fields)), len(fields)
+
+
+def describe(path: Path) -> InputFile:
+    path = path.resolve()
+    fmt = _format(path)
+    if fmt is None:
+        raise UserError(f"{path} is not a .parquet, .csv, .tsv, .npz or .npy file")
+    stat = path.stat()
+    extra = {}
+    if fmt == "csv":
+        extra = dict(zip(("delimiter", "header", "ncols"), _csv_layout(path), strict=True))
+    return InputFile(str(path), fmt, stat.st_size, stat.st_mtime_ns, shard_id(str(path)), **extra)
+
+
+def discover(inputs: list[str] | tuple[str, ...]) -> list[InputFile]:
+    """The data files named or found (recursively, sorted) in the given paths; a UserError when there are none."""
+    found: dict[str, InputFile] = {}
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and _format(p)
+                           and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
+        elif path.is_file():
+            files = [path]
+        else:
+            raise UserError(f"input {text} does not exist; give data files or folders of them")
+        for file in files:
+            described = describe(file)
+            found.setdefault(described.path, described)
+    if not found:
+        raise UserError(f"no input files found in {', '.join(inputs)}: give .parquet, .csv, .tsv, .npz or .npy "
+                        "files or folders holding them")
+    return list(found.values())
+
+
+def shard_paths(out: Path, shard: str) -> dict[str, Path]:
+    folder = Path(out) / SHARDS
+    return {"data": folder / f"{shard}.parquet", "rejects": folder / f"{shard}.rejects.jsonl",
+            "marker": folder / f"{shard}.done.json"}
+
+
+def read_marker(out: Path, shard: str) -> Marker | None:
+    try:
+        return Marker(**json.loads(shard_paths(out, shard)["marker"].read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def is_complete(marker: Marker | None, file: InputFile, model_sha256: str) -> bool:
+    return (marker is not None and marker.input == file.path and marker.input_size == file.size
+            and marker.input_mtime_ns == file.mtime_ns and marker.model_sha256 == model_sha256)
+
+
+@dataclass(frozen=True)
+class Plan:
+    complete: list[tuple[InputFile, Marker]]
+    pending: list[InputFile]
+
+    @property
+    def files(self) -> int:
+        return len(self.complete) + len(self.pending)
+
+
+def plan(files: list[InputFile], out: Path, model_sha256: str) -> Plan:
+    """Which shards are complete (skipped) and which are to be (re)done."""
+    complete, pending = [], []
+    for file in files:
+        marker = read_marker(out, file.shard_id)
+        if is_complete(marker, file, model_sha256):
+            complete.append((file, marker))
+        else:
+            pending.append(file)
+    return Plan(complete, pending)
+
+
+def prepare(out: Path, pending: list[InputFile]) -> None:
+    """Clear what a crashed or older run left of the pending shards (markers first, then data, then temp files)."""
+    folder = Path(out) / SHARDS
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in pending:
+        paths = shard_paths(out, file.shard_id)
+        for key in ("marker", "data", "rejects"):
+            paths[key].unlink(missing_ok=True)
+    for tmp in folder.glob(f"*{TMP}"):
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + TMP)
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def expected_rows(file: InputFile) -> int | None:
+    """Rows the file holds, where its header says so cheaply (Parquet footer, .npy header); None otherwise."""
+    try:
+        if file.format == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(file.path).metadata.num_rows
+        if file.format == "npy":
+            import numpy as np
+
+            array = np.load(file.path, mmap_mode="r", allow_pickle=False)
+            return int(array.shape[0]) if array.ndim else 1
+    except (OSError, ValueError):
+        return None
+    return None

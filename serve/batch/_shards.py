@@ -1,0 +1,136 @@
+"""Output shards: rows of one input file written to a temporary file and renamed into place with their rejects
+and a completion marker. Pure (pyarrow and files; no Ray).
+
+Rows arrive in input order, in tables that may hold the tails and heads of several files (`split_runs` cuts
+them by `source`). `ShardWriter` numbers the rows of its file (`row`, 0-based), writes good rows to
+`<id>.parquet.tmp` and rejected ones to `<id>.rejects.jsonl.tmp`, and `commit()` renames both and writes the
+marker last: a shard is complete exactly when its marker exists. A crash leaves only `.tmp` files behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from serve.batch._plan import TMP, InputFile, Marker, atomic_write_text, shard_paths
+from serve.batch._predict import REJECT, ROW, SOURCE
+
+REJECTS_FILE = "rejects.jsonl"
+OUTPUT_EXTRAS = ("probabilities", "prediction")
+
+
+def split_runs(table) -> list[tuple[str, object]]:
+    """[(source, rows of that source)] for consecutive runs of the same `source` value, in order."""
+    if table.num_rows == 0:
+        return []
+    sources = table.column(SOURCE).to_numpy(zero_copy_only=False)
+    cuts = np.flatnonzero(sources[1:] != sources[:-1]) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [len(sources)]])
+    return [(str(sources[s]), table.slice(int(s), int(e - s))) for s, e in zip(starts, ends, strict=True)]
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
+class ShardWriter:
+    """Writes one output shard; not thread-safe (the driver owns it)."""
+
+    def __init__(self, out: Path, file: InputFile, model_sha256: str, output_columns: tuple[str, ...] = ()) -> None:
+        self.out, self.file, self.model_sha256 = Path(out), file, model_sha256
+        self.output_columns = {*output_columns, *OUTPUT_EXTRAS}
+        self.paths = shard_paths(out, file.shard_id)
+        self.rows = 0
+        self.output_rows = 0
+        self.rejected = 0
+        self._writer = None
+        self._rejects = None
+
+    def _tmp(self, key: str) -> Path:
+        return self.paths[key].with_name(self.paths[key].name + TMP)
+
+    def write(self, table) -> int:
+        """Append rows (one source); returns how many were rejected."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        n = table.num_rows
+        table = table.add_column(1, ROW, pa.array(np.arange(self.rows, self.rows + n, dtype=np.int64)))
+        self.rows += n
+        reasons = table.column(REJECT).to_numpy(zero_copy_only=False)
+        bad = reasons != ""
+        good = table.filter(pa.array(~bad)).drop_columns([REJECT])
+        if good.num_rows:
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(self._tmp("data"), good.schema)
+            elif good.schema != self._writer.schema:
+                good = good.cast(self._writer.schema)
+            self._writer.write_table(good)
+            self.output_rows += good.num_rows
+        if bad.any():
+            if self._rejects is None:
+                self._rejects = open(self._tmp("rejects"), "w")
+            rejected = table.filter(pa.array(bad))
+            keys = [c for c in rejected.column_names if c not in (SOURCE, ROW, REJECT, *self.output_columns)]
+            for record in rejected.select([SOURCE, ROW, *keys, REJECT]).to_pylist():
+                record["reason"] = record.pop(REJECT)
+                self._rejects.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+            self.rejected += int(bad.sum())
+        return int(bad.sum())
+
+    def commit(self, schema=None) -> Marker:
+        """Close, rename into place, write the marker last. An all-rejected or empty input still gets a shard."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            empty = schema or pa.schema([(SOURCE, pa.string()), (ROW, pa.int64())])
+            pq.write_table(empty.empty_table(), self._tmp("data"))
+        else:
+            self._writer.close()
+        self._fsync(self._tmp("data"))
+        os.replace(self._tmp("data"), self.paths["data"])
+        if self._rejects is not None:
+            self._rejects.flush()
+            os.fsync(self._rejects.fileno())
+            self._rejects.close()
+            os.replace(self._tmp("rejects"), self.paths["rejects"])
+        marker = Marker(self.file.shard_id, self.file.path, self.file.size, self.file.mtime_ns, self.model_sha256,
+                        self.rows, self.output_rows, self.rejected)
+        atomic_write_text(self.paths["marker"], marker.to_json())
+        return marker
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._rejects is not None:
+            self._rejects.close()
+        for key in ("data", "rejects"):
+            self._tmp(key).unlink(missing_ok=True)
+
+    @staticmethod
+    def _fsync(path: Path) -> None:
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def merge_rejects(out: Path, files: list[InputFile]) -> int:
+    """OUT/rejects.jsonl: every shard's rejects, in input order (rewritten each run). Returns the count."""
+    target = Path(out) / REJECTS_FILE
+    tmp = target.with_name(target.name + TMP)
+    count = 0
+    with open(tmp, "w") as fh:
+        for file in files:
+            path = shard_paths(out, file.shard_id)["rejects"]
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    fh.write(line + "\n")
+                    count += 1
+    os.replace(tmp, target)
+    return count
