@@ -93,7 +93,7 @@ def plot(groups: dict[str, list[SimulationResult]], path: str | Path, extra_html
 
     path = Path(path)
     if path.suffix.lower() not in (".png", ".html"):
-        from optimize._errors import UserError
+        from optiserve.errors import UserError
 
         raise UserError(f"--plot must end in .png or .html, got {path.name}.")
     cols = len(groups)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 
 def mmpp_points(duration_s: float, base_rps: float, peak_rps: float, states: int, mean_dwell_s: float,

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 from .profile import ModelProfile
 

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.progress import Progress
 
-from optimize._errors import EXIT_OK, EXIT_VERDICT_FAILED, UserError, run_cli
+from optiserve.errors import EXIT_OK, EXIT_VERDICT_FAILED, UserError, run_cli
 
 from ._render import comparison_html, plot, results_table, worst_case_table
 from .compare import Comparison, compare_trace, default_configs

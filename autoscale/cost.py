@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 # Approximate on-demand prices (USD per replica-hour), AWS us-east-1 list prices at the time of writing:
 # a CPU replica is priced per vCPU (c7i-class ~0.045-0.05/vCPU-h); a GPU replica as one whole GPU instance

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 DEFAULT_PROFILE_PATH = Path(__file__).with_name("default_profile.json")  # shipped: the benchmark CNN

@@ -42,7 +42,7 @@ def build_autoscaling_config(policy: str | None, config_path: str | None, min_re
     ray_over = {k: v for k, v in overrides.items() if k in _RAY_FIELDS and k not in fields and v is not None}
     unknown = set(overrides) - set(policy_over) - set(ray_over) - {k for k, v in overrides.items() if v is None}
     if unknown:
-        from optimize._errors import UserError
+        from optiserve.errors import UserError
 
         raise UserError(f"unknown autoscaling setting(s) {', '.join(sorted(unknown))} for policy {policy!r}.")
     cfg = load_policy_config(policy, config_path, **policy_over)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 from ._results import SimulationResult, summarize
 from .cost import CostModel

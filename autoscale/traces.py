@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 from ._synthetic import heavy_points, mmpp_points
 

@@ -73,7 +73,7 @@ def sweep(model: Path, work: Path) -> dict:
     from ray.cluster_utils import Cluster
 
     from optimize.jobs import JobService, Recipe
-    from optimize.ray_cluster import free_port
+    from optiserve.ray_cluster import free_port
 
     def ports() -> dict:
         return {"dashboard_agent_listen_port": free_port(), "metrics_agent_port": free_port(),
@@ -121,7 +121,7 @@ def main() -> int:
         os.environ["OPTISERVE_JOBS_WATCHER"] = "0"
         from optimize.examples import build_example
         from optimize.jobs import JobService
-        from optimize.ray_cluster import ensure_cluster, stop_cluster
+        from optiserve.ray_cluster import ensure_cluster, stop_cluster
 
         build_example("mlp", work / "models")
         model = work / "models" / "mlp" / "model.pt"

@@ -19,10 +19,10 @@ UNSTRUCTURED = (0.5,)
 
 
 def prune_table(examples: Path, out: Path, repeats: int) -> list[str]:
-    from optimize.data import load_npz
     from optimize.export import session
     from optimize.measure import tile_batch, time_interleaved
     from optimize.prune import PruneConfig, prune
+    from optiserve.data import load_npz
 
     lines = ["| model | variant | size MB | size x | b1 p50 ms | b32 p50 ms | speedup b1 | speedup b32 | params x | "
              "FLOPs x | accuracy Δ pts |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -39,7 +39,7 @@ def build_model(out: Path) -> Path:
     import torch
 
     from optimize.examples import DigitsMLP
-    from optimize.repository import publish
+    from optiserve.repository import publish
 
     torch.manual_seed(0)
     model = DigitsMLP().eval()
@@ -157,7 +157,7 @@ def main() -> None:
     import ray
 
     import serve
-    from optimize.repository import MODEL_FILE, version_dir
+    from optiserve.repository import MODEL_FILE, version_dir
 
     repo = build_model(args.out)
     model_path = version_dir(repo, "mlp", "1") / MODEL_FILE

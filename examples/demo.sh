@@ -35,7 +35,7 @@ $BIN/loadtest capacity --repository "$OUT/repository" --model digits-mlp --slo-p
   --peak-rps 200 --step 5s --downscale-delay-s 10 --samples "$OUT/models/mlp/eval.npz" --out "$OUT/capacity"
 
 echo "== 5. serve it with the slo autoscaling policy configured from the capacity plan"
-PORT=$($BIN/python -c 'from optimize.ray_cluster import free_port; print(free_port())')
+PORT=$($BIN/python -c 'from optiserve.ray_cluster import free_port; print(free_port())')
 trap '$BIN/modelserve stop >/dev/null 2>&1 || true' EXIT  # leave no server or Ray process behind
 $BIN/modelserve start --repository "$OUT/repository" --port "$PORT" --autoscaling-policy slo \
   --autoscaling-config "$OUT/capacity/autoscaling.yaml" --min-replicas 1 --max-replicas 3

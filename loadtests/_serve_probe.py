@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from optimize._errors import UserError
-from optimize.ray_cluster import use_token_auth_if_available
+from optiserve.errors import UserError
+from optiserve.ray_cluster import use_token_auth_if_available
 
 
 def replica_sampler(model: str, address: str | None = None):
@@ -67,7 +67,7 @@ _PORT: list[int] = []
 def serve_port() -> int:
     """One HTTP port per process: Serve keeps the port it first started on, so every deployment reuses it."""
     if not _PORT:
-        from optimize.ray_cluster import free_port
+        from optiserve.ray_cluster import free_port
 
         _PORT.append(free_port())
     return _PORT[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 _NUMPY = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
           "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "BOOL": np.bool_}
@@ -64,7 +64,7 @@ def make_bodies(inputs, n: int = 32, samples: dict[str, np.ndarray] | np.ndarray
 def load_samples(path: str | Path) -> dict[str, np.ndarray] | np.ndarray:
     """Sample inputs read as `optimize` reads data (.npz, CSV, Parquet; labels left out): one array for a file
     with a single input array or feature matrix, else one array per input name."""
-    from optimize.data import load_dataset
+    from optiserve.data import load_dataset
 
     data = load_dataset(Path(path), "sample data")
     return next(iter(data.inputs.values())) if len(data.inputs) == 1 else data.inputs
@@ -73,7 +73,7 @@ def load_samples(path: str | Path) -> dict[str, np.ndarray] | np.ndarray:
 def bodies_from_repository(repository: str | Path, model: str, version: str | None = None, n: int = 32,
                            samples_path: str | Path | None = None, seed: int = 0) -> list[dict]:
     """Bodies for a published model, shaped by its manifest (latest version unless given)."""
-    from optimize.repository import list_versions, read_manifest
+    from optiserve.repository import list_versions, read_manifest
 
     versions = list_versions(Path(repository), model)
     if not versions:

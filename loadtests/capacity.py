@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoscale.cost import CostModel
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 from ._json import clean, nan
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 from .capacity import CapacityCurve, SearchConfig, StepMeasurement, find_capacity
 from .runner import run_locust

@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from optimize._errors import EXIT_OK, EXIT_VERDICT_FAILED, UserError, run_cli
+from optiserve.errors import EXIT_OK, EXIT_VERDICT_FAILED, UserError, run_cli
 
 EPILOG = """examples:
   loadtest run --url http://127.0.0.1:8000 --model digits-mlp --shape diurnal --duration 5m \\
@@ -135,7 +135,7 @@ def _trace(args):
 
 
 def _print_result(result, paths_dir: Path) -> None:
-    from optimize._console import console
+    from optiserve.console import console
 
     s, out = result.summary, console()
     out.print(f"[bold]{result.config.model}[/] {result.config.shape} {result.duration_s:.0f} s: {s.requests} requests, "
@@ -178,7 +178,7 @@ def _validate(args) -> int:
     from autoscale.policies import load_policy_config
     from autoscale.profile import ModelProfile, measure_profile
     from autoscale.simulator import SimConfig, simulate
-    from optimize.repository import list_versions, version_dir
+    from optiserve.repository import list_versions, version_dir
 
     from ._serve_probe import connect_ray, replica_sampler, start_model, stop_model, write_serve_config
     from .live import bodies_for, calibrate_profile, run_live
@@ -233,7 +233,7 @@ def _validate(args) -> int:
 def _print_validation(v, out: Path) -> None:
     from rich.table import Table
 
-    from optimize._console import console
+    from optiserve.console import console
 
     t = Table(title=f"{v.policy} on {v.trace}: live vs simulated")
     for col in ("figure", "live", "simulated", "sim / live"):

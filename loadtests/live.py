@@ -7,7 +7,7 @@ from pathlib import Path
 
 from autoscale.cost import CostModel
 from autoscale.traces import Trace
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 from .bodies import load_samples, make_bodies
 from .report import write_run_report

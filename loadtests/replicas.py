@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoscale.cost import CostBreakdown, CostModel
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 from ._json import clean, nan
 from .replicas import ReplicaSample, ReplicaSummary, summarize_replicas

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from autoscale.traces import Trace
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 from .bodies import write_bodies
 from .replicas import ReplicaSample

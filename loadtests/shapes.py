@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from autoscale.traces import TRACE_KINDS, Trace, load_csv, make_trace
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 

@@ -1,5 +1,5 @@
 """Post-training optimization: PyTorch model -> verified, measured ONNX variants."""
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 __all__ = ["UserError"]

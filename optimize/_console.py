@@ -1,10 +1,7 @@
-"""One rich Console factory: full width in a terminal, 160 columns in logs and CI so tables stay readable."""
+"""Moved to optiserve.console; this alias keeps in-flight code working and is removed with the last old import."""
 
-from __future__ import annotations
+import sys
 
-from rich.console import Console
+from optiserve import console as _moved
 
-
-def console(stderr: bool = False) -> Console:
-    probe = Console(stderr=stderr)
-    return probe if probe.is_terminal else Console(stderr=stderr, width=160)
+sys.modules[__name__] = _moved

@@ -17,8 +17,8 @@ import copy
 import torch
 from torch import fx, nn
 
-from optimize._errors import UserError
 from optimize.loading import SourceModel
+from optiserve.errors import UserError
 
 _aten = torch.ops.aten
 _CONVS = {_aten.conv1d.default: nn.Conv1d, _aten.conv2d.default: nn.Conv2d, _aten.conv3d.default: nn.Conv3d}

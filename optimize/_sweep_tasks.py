@@ -29,10 +29,10 @@ def prepare(model_path: str, ratio: float, prune: dict[str, Any], qconfig: dict[
     """fp32 (pruned at `ratio`) ONNX + pre-processed copy under `folder`; returns paths and parameter counts."""
     import torch
 
-    from optimize.data import DataOptions, bind, load_dataset
     from optimize.export import export_onnx
     from optimize.prune import PruneConfig, _apply, _example, _to_onnx, counts
     from optimize.variants import preprocess
+    from optiserve.data import DataOptions, bind, load_dataset
 
     torch.set_num_threads(1)
     out = Path(folder)

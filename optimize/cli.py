@@ -7,7 +7,7 @@ import argparse
 import importlib
 import warnings
 
-from optimize._errors import run_cli
+from optiserve.errors import run_cli
 
 # Modules that add subcommands; each has `register(subparsers)`. Heavy imports stay inside handlers
 # so `optimize --help` is instant.

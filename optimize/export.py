@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from optimize._errors import UserError
-from optimize.data import Dataset, InputSpec
 from optimize.loading import SourceModel
+from optiserve.data import Dataset, InputSpec
+from optiserve.errors import UserError
 
 OPSET = 18
 # The export is accepted when |onnx - torch| <= ATOL + RTOL * max|torch| on every verification sample.

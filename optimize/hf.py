@@ -10,7 +10,6 @@ Nothing is downloaded: the model is loaded with local_files_only and HF_HUB_OFFL
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -22,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from optimize._errors import UserError
 from optimize.choice import ANCHOR, choose, kind_order
 from optimize.cpu import CpuInfo, choose_format, detect_cpu
-from optimize.data import DataOptions, Dataset, InputSpec, load_dataset
 from optimize.loading import SourceModel
 from optimize.quantize import Inputs, Progress, QuantizeConfig, measure_variants
 from optimize.report import QuantizeReport, VariantResult, to_markdown
 from optimize.variants import build_anchor
+from optiserve.data import DataOptions, Dataset, InputSpec, load_dataset
+from optiserve.errors import UserError
+from optiserve.hashing import sha256_of
 
 LEVELS = ("O1", "O2", "O3")
 DEFAULT_SEQUENCE = 16
@@ -65,15 +65,6 @@ def task_of(model_dir: Path) -> str:
                 return task
     raise UserError(f"cannot tell the task of {model_dir}: config.json names architectures "
                     f"{config.get('architectures')}, none of which ends in {', '.join(s for s, _ in _TASKS)}")
-
-
-def _dir_sha256(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if f.is_file() and f.suffix in (".json", ".safetensors", ".bin"):
-            digest.update(f.name.encode())
-            digest.update(f.read_bytes())
-    return digest.hexdigest()
 
 
 class _Logits:
@@ -163,7 +154,8 @@ def quantize_hf(model_dir: Path, out: Path, config: QuantizeConfig = QuantizeCon
     if calib is not None:
         notes.append("calibration data is not used: optimum's ORTQuantizer presets quantize dynamically here")
     specs = [InputSpec(n, tuple(evaluation.inputs[n].shape[1:]), "int64") for n in names]
-    source = SourceModel(model_dir, "huggingface", _dir_sha256(model_dir), module=_Logits(model, names),
+    sha = sha256_of(model_dir, (".json", ".safetensors", ".bin"))  # weights and configs, not caches
+    source = SourceModel(model_dir, "huggingface", sha, module=_Logits(model, names),
                          input_names=names)
     inputs = Inputs(specs, calib, evaluation, labelled, notes)
 

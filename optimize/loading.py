@@ -13,9 +13,9 @@ from typing import Literal
 
 import numpy as np
 
-from optimize._errors import UserError
-from optimize.data import InputSpec
-from optimize.repository import sha256_file
+from optiserve.data import InputSpec
+from optiserve.errors import UserError
+from optiserve.hashing import sha256_file
 
 Kind = Literal["torchscript", "exported", "onnx", "pickle"]
 

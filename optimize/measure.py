@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optimize.data import Dataset
+from optiserve.data import Dataset
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
 CURVE_BATCHES = (1, 2, 4, 8, 16, 32)

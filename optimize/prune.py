@@ -23,16 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from optimize._errors import UserError
 from optimize._prune_report import PruneReport, to_markdown
 from optimize._workspace import staged
 from optimize.cpu import detect_cpu
-from optimize.data import DataOptions, Dataset, bind, load_dataset
 from optimize.export import export_onnx, session
 from optimize.loading import load_model
 from optimize.measure import tile_batch, time_interleaved
 from optimize.quantize import Inputs, QuantizeConfig, measure_variants, resolve_inputs
 from optimize.report import VariantResult
+from optiserve.data import DataOptions, Dataset, bind, load_dataset
+from optiserve.errors import UserError
 
 MODES = ("structured", "unstructured")
 CRITERIA = ("magnitude", "taylor")

@@ -18,20 +18,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from optimize._errors import UserError
 from optimize._workspace import staged
 from optimize.choice import ANCHOR, beats, choose, kind_order
 from optimize.cpu import choose_format, detect_cpu
-from optimize.data import (
-    DataOptions,
-    Dataset,
-    InputSpec,
-    bind,
-    generated,
-    load_dataset,
-    parse_input_shape,
-    specs_from_data,
-)
 from optimize.export import export_onnx, session
 from optimize.loading import SourceModel, load_model
 from optimize.measure import CURVE_BATCHES, accuracy, agreement, predict, ratio, tile_batch, time_interleaved
@@ -45,6 +34,17 @@ from optimize.variants import (
     preprocess,
     quantized_share,
 )
+from optiserve.data import (
+    DataOptions,
+    Dataset,
+    InputSpec,
+    bind,
+    generated,
+    load_dataset,
+    parse_input_shape,
+    specs_from_data,
+)
+from optiserve.errors import UserError
 
 METHODS = ("auto", "dynamic", "static", "fp16")
 Progress = Callable[[str], None]

@@ -166,7 +166,7 @@ def to_markdown(report: QuantizeReport) -> str:
 def print_table(report: QuantizeReport) -> None:
     from rich.table import Table
 
-    from optimize._console import console as make_console
+    from optiserve.console import console as make_console
 
     table = Table(title=f"{Path(report.source['path']).name}: variants (chosen: {report.chosen or 'none'})")
     for col in COLUMNS:

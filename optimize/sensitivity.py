@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 
 from optimize.cpu import QuantFormat
-from optimize.data import Dataset
 from optimize.export import session
 from optimize.measure import agreement, predict
 from optimize.variants import COMPUTE_OPS, VariantSpec, build
+from optiserve.data import Dataset
 
 # (within budget, the budget metric's value) for a built model file.
 Evaluate = Callable[[Path], tuple[bool, float]]

@@ -16,16 +16,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from optimize._errors import UserError
 from optimize._sweep_tasks import build_variant, prepare, run_all
 from optimize._workspace import staged
 from optimize.choice import choose
 from optimize.cpu import choose_format, detect_cpu
-from optimize.data import DataOptions
 from optimize.loading import load_model
 from optimize.quantize import QuantizeConfig, measure_variants, resolve_inputs
 from optimize.report import VariantResult, VariantsReport
 from optimize.variants import CALIBRATION_METHODS
+from optiserve.data import DataOptions
+from optiserve.errors import UserError
 
 QUANTIZATION = ("none", "dynamic", "static", "fp16")
 EXECUTORS = ("auto", "ray", "serial")

@@ -10,7 +10,7 @@ import onnx
 
 from optimize._workspace import build_privately
 from optimize.cpu import QuantFormat
-from optimize.data import Dataset
+from optiserve.data import Dataset
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 COMPUTE_OPS = ("MatMul", "Gemm", "Conv")

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optimize._errors import UserError
-from optimize.ray_cluster import state_dir
-from optimize.repository import list_models, list_versions
+from optiserve.errors import UserError
+from optiserve.ray_cluster import state_dir
+from optiserve.repository import list_models, list_versions
 from serve import _session
 from serve.config import ServeConfig, load_config
 
@@ -103,7 +103,7 @@ def _connect(address: str | None) -> str | None:
 
     if ray.is_initialized():  # the caller (a test, a notebook) already chose a cluster
         return ray.get_runtime_context().gcs_address
-    from optimize.ray_cluster import ensure_cluster
+    from optiserve.ray_cluster import ensure_cluster
 
     cluster = ensure_cluster(address)
     ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from optimize._errors import UserError
-from optimize.repository import MANIFEST_FILE, MODEL_FILE, Manifest, list_versions, version_dir
+from optiserve.errors import UserError
+from optiserve.repository import MANIFEST_FILE, MODEL_FILE, Manifest, list_versions, version_dir
 from serve import _session
 from serve._batching import Batcher, Overloaded, Retired
 from serve._codec import (

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from optimize._errors import UserError
-from optimize.repository import MODEL_FILE, Manifest, verify, version_dir
+from optiserve.errors import UserError
+from optiserve.repository import MODEL_FILE, Manifest, verify, version_dir
 from serve._codec import DTYPES
 
 CUDA = "CUDAExecutionProvider"

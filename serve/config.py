@@ -24,8 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from optimize._errors import UserError
-from optimize.repository import check_name, check_version
+from optiserve.errors import UserError
+from optiserve.repository import check_name, check_version
 
 
 class ModelConfig(BaseModel):

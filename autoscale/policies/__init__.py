@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 from ._base import Observation, PolicyConfig, read_yaml
 from .adaptive import AdaptiveConfig, adaptive_policy

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 
 @dataclass(frozen=True)

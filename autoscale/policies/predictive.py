@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 from ._base import Observation
 from .slo import SloPolicyConfig, decide, slo_need, smoothed_rate

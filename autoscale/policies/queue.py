@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 from ._base import Observation, PolicyConfig
 

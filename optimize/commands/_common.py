@@ -32,6 +32,6 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def data_options(args):
-    from optimize.data import DataOptions
+    from optiserve.data import DataOptions
 
     return DataOptions.from_flags(args.inputs, args.labels, args.feature_columns)

@@ -18,8 +18,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from optimize._console import console as make_console
     from optimize.examples import EXAMPLES, build_example
+    from optiserve.console import console as make_console
 
     console = make_console()
     for name in args.only or EXAMPLES:

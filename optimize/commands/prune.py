@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from optimize._errors import UserError
 from optimize.commands._common import DATA_FORMATS, add_command, add_data_arguments, data_options
+from optiserve.errors import UserError
 
 EXAMPLES = """\
   optimize prune build/models/mlp/model.pt2 --ratio 0.5 --eval-data build/models/mlp/eval.npz \\
@@ -68,9 +68,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from optimize._console import console as make_console
     from optimize.prune import PruneConfig, prune
     from optimize.report import print_table
+    from optiserve.console import console as make_console
 
     target_size = parse_size(args.target_size) if args.target_size else None
     if args.epochs and not args.finetune_data:

@@ -48,10 +48,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from optimize._console import console as make_console
     from optimize.quantize import QuantizeConfig, quantize
     from optimize.report import print_table
-    from optimize.repository import publish
+    from optiserve.console import console as make_console
+    from optiserve.repository import publish
 
     config = QuantizeConfig(
         method=args.method, calibration_methods=tuple(m.strip() for m in args.calibration_method.split(",")),

@@ -50,9 +50,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from optimize._console import console as make_console
     from optimize.report import print_table
     from optimize.sweep import SweepConfig, sweep
+    from optiserve.console import console as make_console
 
     overrides = {
         "quantization": _list(args.quantization), "calibration_methods": _list(args.calibration_method),
@@ -67,7 +67,7 @@ def run(args) -> int:
     try:
         config = SweepConfig.from_yaml(args.grid, **overrides) if args.grid else SweepConfig(**overrides)
     except ValueError as exc:
-        from optimize._errors import UserError
+        from optiserve.errors import UserError
 
         raise UserError(f"bad sweep option: {exc}") from None
     console = make_console(stderr=True)

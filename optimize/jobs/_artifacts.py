@@ -3,26 +3,13 @@ so a job's artifact cannot change after the job is created. Read-only after copy
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
 from pathlib import Path
 
-from optimize._errors import UserError
-
-
-def sha256_of(path: Path) -> str:
-    """Of a file's bytes; of a folder, of its files' relative paths and bytes in sorted order."""
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+from optiserve.errors import UserError
+from optiserve.hashing import sha256_of
 
 
 def store_artifact(source: Path, root: Path) -> tuple[Path, str]:

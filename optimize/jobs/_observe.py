@@ -13,7 +13,7 @@ from optimize.jobs.executor import MISSING, TIMED_OUT_EXIT, RayStatus
 from optimize.jobs.models import JobRun, RunState
 
 DEADLINE_GRACE_S = 15.0  # the runner stops a run at its limit; the watcher steps in only when that failed
-# the project's exit-code convention (optimize._errors); other commands' codes are shown as they are
+# the project's exit-code convention (optiserve.errors); other commands' codes are shown as they are
 EXIT_MEANINGS = {1: " (its verdict failed: see the log and the report in its outputs)",
                  2: " (it rejected its arguments or input)"}
 SUBMIT_GRACE_S = 120.0  # a run recorded but never handed to Ray for this long: its submitter died

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from optimize._errors import UserError
 from optimize.jobs.models import Compute, Hook, Job, LogSettings, Recipe, parse_duration_s
+from optiserve.errors import UserError
 
 
 def load_spec(path: Path | None) -> dict:

@@ -8,8 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from optimize._errors import UserError
 from optimize.commands._common import add_command
+from optiserve.errors import UserError
 
 JOBS_EPILOG = """  optimize example --out build/models --only mlp
   optimize jobs create quant build/models/mlp/model.pt --command quantize \\

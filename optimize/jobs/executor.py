@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from optimize._errors import UserError
 from optimize.jobs.models import Compute, Job, JobRun
-from optimize.ray_cluster import use_token_auth_if_available
+from optiserve.errors import UserError
+from optiserve.ray_cluster import use_token_auth_if_available
 
 TIMED_OUT_EXIT = 124  # the runner's exit code when it stopped the command at its max run time (as GNU timeout)
 AGENT_WAIT_S = 60.0  # how long to retry a submission while a fresh head's job agent comes up

@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 DEFAULT_MAX_RUNTIME_S = 3600.0  # one hour when a job sets none
 MAX_RUNTIME_UPPER_S = 24 * 3600.0  # nobody gets more than a day: a forgotten run must end

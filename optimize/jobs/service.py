@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from optimize._errors import UserError
 from optimize.jobs._artifacts import store_artifact
 from optimize.jobs._observe import Step, decide, not_submitted
 from optimize.jobs.executor import MISSING, ClusterUnreachable, RayJobs, RayStatus, fits_on_some_node
@@ -36,7 +35,8 @@ from optimize.jobs.models import (
     check_max_runtime_s,
 )
 from optimize.jobs.store import Store
-from optimize.ray_cluster import ensure_cluster, state_dir
+from optiserve.errors import UserError
+from optiserve.ray_cluster import ensure_cluster, state_dir
 
 CLUSTER_START_TIMEOUT_S = 180  # a fresh local head takes a minute on a busy 2-core machine
 MAX_TRIGGER_CHAIN = 20  # runs started by hooks, one after another, before a chain is cut

@@ -16,8 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from optimize._errors import UserError
 from optimize.jobs.models import Event, Job, JobRun, RunState, can_transition
+from optiserve.errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at REAL NOT NULL);

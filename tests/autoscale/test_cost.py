@@ -1,7 +1,7 @@
 import pytest
 
 from autoscale.cost import CostModel, PriceTable
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 
 def test_cost_of_run_adds_replicas_requests_and_misses():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from autoscale.profile import ModelProfile, measure_profile
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 
 def test_interpolation_capacity_and_json_round_trip(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from autoscale import metrics as m
 from autoscale.ray_adapter import METRICS_INTERVAL_S, POLICY_FUNCTION, OptiservePolicy, build_autoscaling_config
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 
 @pytest.mark.parametrize("policy", ["adaptive", "queue", "target-tracking", "slo", "predictive"])

@@ -10,7 +10,7 @@ from autoscale.policies import load_policy_config
 from autoscale.profile import ModelProfile
 from autoscale.simulator import SimConfig, simulate
 from autoscale.traces import make_trace
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 PROFILE = ModelProfile({1: 8.0, 2: 9.0, 4: 11.0, 8: 15.0}, replica_start_s=10.0, max_batch_size=8,
                        batch_wait_ms=2.0)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from autoscale.traces import TRACE_KINDS, load_csv, make_trace, trace_from_spec
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 
 @pytest.mark.parametrize("kind", [k for k in TRACE_KINDS if k != "replay"])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from loadtests.bodies import bodies_from_repository, load_samples, make_bodies
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 
 def test_random_bodies_follow_the_manifest_shapes_and_types():

@@ -9,7 +9,7 @@ from loadtests.capacity import (
     find_capacity,
     plan_capacity,
 )
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 
 def fake_server(capacity_rps: float, base_ms: float = 5.0):

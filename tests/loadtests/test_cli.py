@@ -25,7 +25,7 @@ def test_bad_duration_and_unknown_replica_kind_are_usage_errors(capsys):
 
 
 def test_unreachable_server_is_a_usage_error(capsys):
-    from optimize.ray_cluster import free_port
+    from optiserve.ray_cluster import free_port
 
     assert main(["run", "--url", f"http://127.0.0.1:{free_port()}", "--model", "m", "--no-replicas"]) == 2
     assert "cannot reach" in capsys.readouterr().err

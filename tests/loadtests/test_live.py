@@ -24,7 +24,7 @@ def repo(tmp_path_factory):
     import torch
 
     from optimize.examples import DigitsMLP
-    from optimize.repository import publish
+    from optiserve.repository import publish
 
     tmp = tmp_path_factory.mktemp("lt-repo")
     torch.manual_seed(0)

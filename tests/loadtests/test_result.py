@@ -7,7 +7,7 @@ from autoscale.cost import CostModel, PriceTable
 from loadtests.replicas import ReplicaSample
 from loadtests.result import LoadTestResult, Objectives, RunConfig, build_result
 from loadtests.stats import Records
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 
 def _run(latency_ms=10.0, fail_every=0, objectives=Objectives(slo_p95_ms=50.0), n=200):

@@ -4,7 +4,7 @@ import pytest
 from loadtests.bodies import make_bodies
 from loadtests.runner import _align, check_loopback, run_locust
 from loadtests.shapes import build_trace
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 SPEC = [{"name": "x", "datatype": "FP32", "shape": [-1, 64]}]
 

@@ -8,7 +8,7 @@ from loadtests.shapes import (
     staircase,
     write_trace,
 )
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("5m", 300), ("1h", 3600), ("250ms", 0.25),

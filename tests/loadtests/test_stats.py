@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from loadtests.stats import Records, percentile, slo_attainment, summarize, time_series
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 
 def _records(n_ok=100, fail=0, t_step=0.1):

@@ -47,7 +47,7 @@ def test_concurrent_real_builds_from_one_preprocessed_model(examples_dir, tmp_pa
     import onnx
     import torch
 
-    from optimize.data import Dataset
+    from optiserve.data import Dataset
 
     module = torch.jit.load(str(examples_dir / "mlp/model.pt"))
     fp32 = tmp_path / "fp32.onnx"

@@ -1,10 +1,10 @@
 import onnx
 import pytest
 
-from optimize._errors import UserError
-from optimize.data import InputSpec, bind, load_npz
 from optimize.export import export_onnx
 from optimize.loading import load_model
+from optiserve.data import InputSpec, bind, load_npz
+from optiserve.errors import UserError
 
 SPEC = [InputSpec("x", (64,))]
 

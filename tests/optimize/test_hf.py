@@ -5,13 +5,13 @@ import onnx
 import pytest
 import torch
 
-from optimize._errors import UserError
 from optimize.choice import ANCHOR
 from optimize.cli import main
 from optimize.cpu import CpuInfo
 from optimize.hf import is_hf_dir, preset
 from optimize.quantize import QuantizeConfig, quantize
 from optimize.report import QuantizeReport
+from optiserve.errors import UserError
 
 SEQ, VOCAB, MARK = 12, 64, 7
 

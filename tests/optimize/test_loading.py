@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from optimize._errors import UserError
 from optimize.examples import DigitsMLP
 from optimize.loading import load_model
+from optiserve.errors import UserError
 
 
 def test_torchscript(examples_dir):

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from optimize._errors import UserError
 from optimize._prune_graph import modulize
 from optimize._prune_report import PruneReport, to_markdown
 from optimize.cli import main
@@ -14,6 +13,7 @@ from optimize.examples import DigitsMLP, digits_split
 from optimize.export import session
 from optimize.prune import PruneConfig, prune
 from optimize.quantize import QuantizeConfig, quantize
+from optiserve.errors import UserError
 
 FAST = dict(repeats=5)
 

@@ -4,12 +4,12 @@ import numpy as np
 import onnx
 import pytest
 
-from optimize._errors import UserError
 from optimize.choice import ANCHOR
 from optimize.export import session
 from optimize.measure import ROUNDS
 from optimize.quantize import QuantizeConfig, quantize
 from optimize.report import QuantizeReport, to_markdown
+from optiserve.errors import UserError
 
 FAST = QuantizeConfig(repeats=10)
 
@@ -125,7 +125,7 @@ def test_torchscript_without_any_shape_is_a_usage_error(examples_dir, tmp_path):
 def test_calibration_data_of_the_wrong_shape(examples_dir, tmp_path):
     with pytest.raises(UserError, match="does not accept inputs|expects"):
         quantize(examples_dir / "mlp/model.pt", tmp_path, FAST, calibration_path=examples_dir / "cnn/calibration.npz")
-    with pytest.raises(UserError, match="do not fit the model.s input .x. of shape \(1, 8, 8\)"):
+    with pytest.raises(UserError, match=r"do not fit the model.s input .x. of shape \(1, 8, 8\)"):
         quantize(examples_dir / "cnn/model.pt2", tmp_path, FAST, calibration_path=examples_dir / "mlp/calibration.npz")
 
 

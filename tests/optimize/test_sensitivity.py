@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from optimize.cpu import choose_format, detect_cpu
-from optimize.data import Dataset
 from optimize.examples import DigitsMLP, digits_split, train
 from optimize.quantize import QuantizeConfig, quantize
 from optimize.report import QuantizeReport
 from optimize.sensitivity import node_modules, rank_nodes
 from optimize.variants import VariantSpec, preprocess, quantized_share
+from optiserve.data import Dataset
 
 SCALE = 300.0
 

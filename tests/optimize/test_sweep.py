@@ -4,10 +4,10 @@ import re
 
 import pytest
 
-from optimize._errors import UserError
 from optimize.cli import main
 from optimize.report import VariantResult
 from optimize.sweep import SweepConfig, SweepReport, grid, pareto_front, sweep
+from optiserve.errors import UserError
 
 
 def _v(name, latency, change, **kw):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from optimize.examples import DigitsCNN, DigitsMLP
-from optimize.repository import MANIFEST_FILE, MODEL_FILE, publish, version_dir
+from optiserve.repository import MANIFEST_FILE, MODEL_FILE, publish, version_dir
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:

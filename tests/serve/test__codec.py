@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from optimize.repository import TensorSpec
+from optiserve.repository import TensorSpec
 from serve._codec import (
     DTYPES,
     InferenceRequest,

@@ -6,8 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from optimize._errors import UserError
-from optimize.repository import MODEL_FILE, version_dir
+from optiserve.errors import UserError
+from optiserve.repository import MODEL_FILE, version_dir
 from serve._codec import InferenceRequest, InferError
 from serve._model import ModelRuntime
 from serve.config import ModelConfig

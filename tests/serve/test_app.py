@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from optimize.repository import MODEL_FILE, version_dir
+from optiserve.repository import MODEL_FILE, version_dir
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TOKEN = "integration-token"

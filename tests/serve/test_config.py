@@ -2,7 +2,7 @@ import hashlib
 
 import pytest
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 from serve.config import ServeConfig, load_config
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from optimize._errors import UserError
-from optimize.repository import MODEL_FILE, version_dir
+from optiserve.errors import UserError
+from optiserve.repository import MODEL_FILE, version_dir
 from serve._deploy import _check_gpus
 from serve.config import ServeConfig
 

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from autoscale.policies import POLICIES, Observation, load_policy_config
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 CAP = 100.0  # requests/s one replica serves within the objective
 

@@ -1,6 +1,5 @@
 import pytest
 
-from optimize._errors import UserError
 from optimize.jobs.models import (
     DEFAULT_MAX_RUNTIME_S,
     MAX_RUNTIME_UPPER_S,
@@ -14,6 +13,7 @@ from optimize.jobs.models import (
     parse_duration_s,
     parse_env_pairs,
 )
+from optiserve.errors import UserError
 
 
 def _job(**kw):

@@ -4,10 +4,11 @@ import sys
 
 import pytest
 
-from optimize._errors import UserError
-from optimize.jobs._artifacts import sha256_of, store_artifact
+from optimize.jobs._artifacts import store_artifact
 from optimize.jobs._runner import TIMED_OUT_EXIT
 from optimize.jobs.executor import TIMED_OUT_EXIT as EXECUTOR_TIMED_OUT_EXIT
+from optiserve.errors import UserError
+from optiserve.hashing import sha256_of
 
 
 def _runner(*args, cwd=None):

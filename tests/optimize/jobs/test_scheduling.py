@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from optimize._errors import UserError
 from optimize.jobs import JobService, Recipe, RunState
+from optiserve.errors import UserError
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 FAKE = str(Path(__file__).with_name("fake_recipe.py"))
@@ -17,7 +17,7 @@ FAKE = str(Path(__file__).with_name("fake_recipe.py"))
 def two_nodes(tmp_path_factory):
     from ray.cluster_utils import Cluster
 
-    from optimize.ray_cluster import free_port
+    from optiserve.ray_cluster import free_port
 
     root = tmp_path_factory.mktemp("sched-state")
     model = root / "model.pt"

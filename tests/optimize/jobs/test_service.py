@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from optimize._errors import UserError
 from optimize.jobs import Hook, JobService, Recipe, RunState
 from optimize.jobs.store import Store
+from optiserve.errors import UserError
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 FAKE = str(Path(__file__).with_name("fake_recipe.py"))
@@ -27,7 +27,7 @@ S = RunState
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     from optimize.examples import build_example
-    from optimize.ray_cluster import ensure_cluster, stop_cluster
+    from optiserve.ray_cluster import ensure_cluster, stop_cluster
 
     root = tmp_path_factory.mktemp("jobs-state")
     with pytest.MonkeyPatch.context() as mp:

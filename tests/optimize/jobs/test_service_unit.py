@@ -4,10 +4,10 @@ import time
 
 import pytest
 
-from optimize._errors import UserError
 from optimize.jobs import Compute, Hook, JobRun, JobService, Recipe, RunState
 from optimize.jobs._observe import DEADLINE_GRACE_S, SUBMIT_GRACE_S
 from optimize.jobs.executor import MISSING, RayStatus
+from optiserve.errors import UserError
 
 S = RunState
 URL = "http://fake-dashboard"

@@ -1,8 +1,8 @@
 import pytest
 
-from optimize._errors import UserError
 from optimize.jobs.models import Compute, Job, JobRun, Recipe, RunState
 from optimize.jobs.store import Store
+from optiserve.errors import UserError
 
 
 def _run(run_id="q-1", job="q"):

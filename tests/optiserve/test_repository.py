@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from optimize._errors import UserError
 from optimize.examples import DigitsMLP
-from optimize.repository import Manifest, list_models, list_versions, publish, read_manifest, verify
+from optiserve.errors import UserError
+from optiserve.repository import Manifest, list_models, list_versions, publish, read_manifest, verify
 
 
 @pytest.fixture

@@ -4,8 +4,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from optimize._errors import UserError
-from optimize.data import (
+from optiserve.data import (
     DataOptions,
     InputSpec,
     bind,
@@ -15,6 +14,7 @@ from optimize.data import (
     parse_input_shape,
     specs_from_data,
 )
+from optiserve.errors import UserError
 
 
 def test_load_and_bind_single_input(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 FEATURES = "features"  # the name of the feature matrix when --inputs does not split the columns
 CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
