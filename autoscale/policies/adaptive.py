@@ -20,10 +20,17 @@ before the new replica is ready misses the objective, and no later scaling can w
 - burst memory: a *fast rise* is a rate increase within about one start time (plus the metrics lag) that is
   larger than the spare capacity held then, i.e. a burst faster than a start. Their times are kept for
   `memory_s`;
-- hold window (scale-down stabilisation): `hold_starts` x start time, at least `min_hold_s`; once fast
+- hold window (scale-down stabilisation): `hold_starts` x start time, at least `min_hold_s`; after a fast
+  rise, what it needed is kept until `rise_hold_starts` start times after it (a burst tends to come back;
+  a long plateau that ends is not a burst, so a step down is released after the short hold); once fast
   rises have recurred, `burst_gap_factor` x the longest gap between them (capped at `memory_s`), so the
   fleet keeps what the last burst needed until the next one is due. Smooth traffic (no fast rises) keeps a
   short hold and pays little; bursty traffic keeps its peak capacity, because releasing it loses the SLO.
+- the first burst of a kind cannot be served: no policy without foresight has capacity for a burst that
+  rises faster than a replica starts (see `bound.references`); this policy makes sure it is the only one.
+
+Settings measured and left out: standing headroom in proportion to the start time (`headroom_per_start`,
+0.01/s) cost ~5 % more replica-seconds on the six trace families with no attainment gained, so it is 0.
 
 Pure: `(Observation, AdaptiveConfig, state) -> (replicas, state)`; the state is a JSON-able dict.
 """
@@ -33,7 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from optimize._errors import UserError
+from optiserve.errors import UserError
 
 from ._base import Observation
 from .slo import SloPolicyConfig, burst_need, steady_need
@@ -45,7 +52,7 @@ class AdaptiveConfig(SloPolicyConfig):
     headroom_per_start: float = 0.0  # standing spare capacity per second of start time (0.01: +10 % at 10 s)
     min_hold_s: float = 60.0  # shortest scale-down stabilisation window (KPA's stable window)
     hold_starts: float = 6.0  # ... and at least this many replica start times
-    rise_hold_starts: float = 60.0  # after a fast rise, hold at least this many start times ...
+    rise_hold_starts: float = 90.0  # after a fast rise, hold its need until this many start times after it ...
     burst_gap_factor: float = 1.5  # ... and, once they recur, this x the longest gap between them
     max_growth: float = 3.0  # in a rise, the rate is extrapolated over the metrics lag, at most this x
     memory_s: float = 1800.0  # how long a fast rise is remembered (and the longest hold)
@@ -64,10 +71,11 @@ class AdaptiveConfig(SloPolicyConfig):
             raise UserError("downscale_fraction must lie in (0, 1].")
 
 
-def _hold_window(cfg: AdaptiveConfig, start_s: float, rises: list) -> float:
+def _hold_window(cfg: AdaptiveConfig, start_s: float, rises: list, t: float) -> float:
     hold = max(cfg.min_hold_s, cfg.hold_starts * start_s)
-    if rises:
-        hold = max(hold, min(cfg.rise_hold_starts * start_s, cfg.memory_s))
+    since = t - rises[-1] if rises else None
+    if since is not None and since <= min(cfg.rise_hold_starts * start_s, cfg.memory_s):
+        hold = max(hold, since)  # keep what the last fast rise needed until rise_hold_starts starts after it
     if len(rises) >= 2:
         gaps = [b - a for a, b in zip(rises, rises[1:], strict=False)]
         hold = max(hold, min(cfg.burst_gap_factor * max(gaps), cfg.memory_s))
@@ -123,7 +131,7 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
         peaks[-1][1] = max(peaks[-1][1], obs.arrival_rate_rps)
     else:
         peaks.append([t, obs.arrival_rate_rps])
-    hold_s = _hold_window(cfg, start_s, rises)
+    hold_s = _hold_window(cfg, start_s, rises, t)
     ready = obs.current_replicas
     cur = state.get("cur", [t, obs.arrival_rate_rps])
     prev = state.get("prev", cur)
