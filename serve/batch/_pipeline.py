@@ -13,6 +13,7 @@ not Ray lives in the pure modules beside this one.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import time
@@ -83,10 +84,10 @@ def _decode_npz(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _groups(files: list[InputFile]) -> list[list[InputFile]]:
-    """Files read by one Ray Data reader call: same format (and, for CSV, the same layout), in input order."""
+    """Files read by one Ray Data reader call: same format and columns (a batch may span files), input order."""
     groups: dict[tuple, list[InputFile]] = {}
     for f in files:
-        key = (f.format, f.delimiter, f.header, 0 if f.header else f.ncols)
+        key = (f.format, f.delimiter, f.header, f.columns)  # one schema per read: batches never mix layouts
         groups.setdefault(key, []).append(f)
     return list(groups.values())
 
@@ -187,10 +188,22 @@ def _user_error(exc: BaseException) -> UserError | None:
             except Exception:  # noqa: BLE001
                 pass
     for e in seen_errors(exc):
-        found = re.findall(r"optimize\._errors\.UserError: (.+)", str(e))
+        found = re.findall(r"(?:optimize\._errors|optiserve\.errors)\.UserError: (.+)", str(e))
         if found:
             return UserError(found[-1].strip())
     return None
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost 'SomeError: message' line of a (Ray-wrapped) exception, for a one-sentence report."""
+    import re
+
+    for e in reversed(seen_errors(exc)):
+        found = re.findall(r"^\s*([\w.]*(?:Error|Exception)): (.+)$", str(e), flags=re.M)
+        if found:
+            return f"{found[-1][0].rsplit('.', 1)[-1]}: {found[-1][1].strip()}"
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
 
 
 def seen_errors(exc: BaseException) -> list[BaseException]:
@@ -304,13 +317,12 @@ def run_batch(config: BatchConfig, log=print) -> BatchSummary:
             markers.update(driver.done)
     if error is not None:
         user = error if isinstance(error, UserError) else _user_error(error)
-        first = str(user or error).splitlines()[0] if str(user or error) else type(error).__name__
-        failures.append(first)
+        failures.append(str(user) if user else _reason(error))
     summary = build(
         model=config.model, version=version, model_sha256=manifest.sha256, output=str(out), shards=len(files),
         markers=list(markers.values()), skipped=len(the_plan.complete), written=len(driver.done) if driver else 0,
         rows_this_run=driver.rows if driver else 0, elapsed_s=time.monotonic() - started, failures=failures,
-        config={k: v for k, v in vars(config).items() if k != "extra"}, cluster=cluster,
+        config={k: v for k, v in json.loads(config.to_json()).items() if k != "extra"}, cluster=cluster,
     )
     merge_rejects(out, files)
     (out / SUMMARY_FILE).write_text(summary.to_json())

@@ -34,6 +34,7 @@ class InputFile:
     delimiter: str = ","  # csv/tsv
     header: bool = True  # csv: False when the first line is all numbers (columns are then f0, f1, ...)
     ncols: int = 0  # csv: columns in the first line
+    columns: tuple[str, ...] = ()  # column / array names: files are read together only when these agree
 
     @property
     def name(self) -> str:
@@ -96,10 +97,37 @@ def describe(path: Path) -> InputFile:
     if fmt is None:
         raise UserError(f"{path} is not a .parquet, .csv, .tsv, .npz or .npy file")
     stat = path.stat()
-    extra = {}
+    extra: dict = {"columns": _columns(path, fmt)}
     if fmt == "csv":
-        extra = dict(zip(("delimiter", "header", "ncols"), _csv_layout(path), strict=True))
+        extra.update(zip(("delimiter", "header", "ncols"), _csv_layout(path), strict=True))
     return InputFile(str(path), fmt, stat.st_size, stat.st_mtime_ns, shard_id(str(path)), **extra)
+
+
+def _columns(path: Path, fmt: str) -> tuple[str, ...]:
+    """The names a file's rows carry, read cheaply (Parquet footer, CSV header, .npz member names)."""
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return tuple(pq.read_schema(path).names)
+        if fmt == "npz":
+            import zipfile
+
+            with zipfile.ZipFile(path) as zf:
+                return tuple(sorted(n.removesuffix(".npy") for n in zf.namelist()))
+        if fmt == "csv":
+            delimiter, header, ncols = _csv_layout(path)
+            if not header:
+                return tuple(f"f{i}" for i in range(ncols))
+            import csv
+            import gzip
+
+            opener = gzip.open if path.name.lower().endswith(".gz") else open
+            with opener(path, "rt", newline="") as fh:
+                return tuple(next(csv.reader(fh, delimiter=delimiter), []))
+    except Exception as exc:  # OSError, and pyarrow's / zipfile's own types for a broken file
+        raise UserError(f"input {path} is not a readable {fmt} file ({str(exc).splitlines()[0][:200]})") from None
+    return ("data",)
 
 
 def discover(inputs: list[str] | tuple[str, ...]) -> list[InputFile]:
