@@ -14,6 +14,7 @@ EPILOG = """examples:
   modelserve status
   modelserve stop
   modelserve config --repository /shared/repo -o serve_config.yaml && serve deploy serve_config.yaml
+  modelserve batch --repository build/repo --model mlp --input data/ --output build/scores
 """
 
 
@@ -71,7 +72,67 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--port", type=int, default=8000)
     config.add_argument("-o", "--out", help="output file (default: stdout)")
     config.set_defaults(func=_config)
+    _add_batch(sub)
     return parser
+
+
+def _add_batch(sub) -> None:
+    batch = _command(sub, "batch", "score data files with a published model on Ray Data (resumable)", (
+        "  modelserve batch --repository build/repo --model mlp --input data/ --output build/scores\n"
+        "  modelserve batch --repository build/repo --model mlp --version 2 --input a.parquet b.csv \\\n"
+        "      --output build/scores --key-columns id --max-actors 4 --threads-per-actor 2 --nan zero\n"
+        "  modelserve batch ... --address ray://head:10001 --gpus-per-actor 1 --batch-size 4096\n"
+        "Inputs: .parquet, .csv/.tsv, .npz, .npy files or folders of them (read on the Ray nodes: use shared paths\n"
+        "on a cluster). Output: OUT/shards/<file>.parquet (source, row, keys, outputs, probabilities, prediction),\n"
+        "OUT/rejects.jsonl (rows that could not be scored, with the reason), OUT/summary.json. Rerunning the same\n"
+        "command after a crash or cancel skips the shards already complete and redoes the others.\n"
+    ))
+    batch.add_argument("--repository", required=True, help="model repository folder (REPO/<model>/<version>/)")
+    batch.add_argument("--model", required=True, help="model name in the repository")
+    batch.add_argument("--version", help="model version (default: the newest)")
+    batch.add_argument("--input", nargs="+", action="extend", required=True, metavar="PATH",
+                       help="data files or folders (repeatable)")
+    batch.add_argument("--output", "--out", required=True, dest="output", help="output folder")
+    batch.add_argument("--batch-size", type=int, default=1024, help="rows per model call (default 1024)")
+    batch.add_argument("--min-actors", type=int, default=1, help="smallest actor pool (default 1)")
+    batch.add_argument("--max-actors", type=int, help="largest actor pool (default: as many as the cluster fits)")
+    batch.add_argument("--threads-per-actor", type=int, default=1,
+                       help="onnxruntime threads = CPUs reserved per actor (default 1)")
+    batch.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor: run on CUDA (default 0)")
+    batch.add_argument("--key-columns", default="", help="comma-separated columns copied beside the outputs")
+    batch.add_argument("--feature-columns", default="", help="comma-separated feature columns, in order "
+                       "(default: all columns but keys and the label)")
+    batch.add_argument("--inputs", action="append", default=[], metavar="INPUT=COLS",
+                       help="which column(s) or array feed a model input, e.g. --inputs input=pixels")
+    batch.add_argument("--label-column", help="label column kept beside the outputs (default: y/label/target...)")
+    batch.add_argument("--nan", choices=["reject", "zero", "propagate"], default="reject",
+                       help="rows with NaN/inf inputs: reject them (default), replace by 0, or feed as they are")
+    batch.add_argument("--max-rejects", type=int, default=1000, help="fail the run past this many rejected rows")
+    batch.add_argument("--address", help="Ray cluster to run on (default: RAY_ADDRESS, else a local Ray)")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bars")
+    batch.add_argument("--json", action="store_true", help="print the summary as JSON")
+    batch.set_defaults(func=_batch)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from optiserve.data import DataOptions
+    from serve.batch import BatchConfig, run_batch
+
+    split = lambda text: tuple(c.strip() for c in text.split(",") if c.strip())  # noqa: E731
+    options = DataOptions.from_flags(args.inputs, None, args.feature_columns)
+    config = BatchConfig(
+        repository=args.repository, model=args.model, version=args.version, inputs=tuple(args.input),
+        output=args.output, batch_size=args.batch_size, min_actors=args.min_actors, max_actors=args.max_actors,
+        threads_per_actor=args.threads_per_actor, gpus_per_actor=args.gpus_per_actor,
+        key_columns=split(args.key_columns), feature_columns=options.feature_columns, input_map=options.inputs,
+        label_column=args.label_column, nan=args.nan, max_rejects=args.max_rejects, address=args.address,
+        progress=not args.no_progress,
+    )
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    summary = run_batch(config, log=log)
+    if args.json:
+        print(summary.to_json())
+    return 0
 
 
 def _quiet_ray() -> None:
