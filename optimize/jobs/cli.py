@@ -33,11 +33,14 @@ def register(subparsers) -> None:
                     "  optimize jobs create quant model.pt --command quantize --param input_shape=1,64\n"
                     "  optimize jobs create prune model.pt --command prune --on-success-trigger quant:model.pt\n"
                     "  optimize jobs create custom model.pt --kind python --command my_recipe.py --gpus 1\n"
+                    "  optimize jobs create score data/ --kind batch --param repository=build/repo \\\n"
+                    "      --param model=mlp --param key_columns=id   # modelserve batch over data/\n"
                     "  optimize jobs create quant2 model.pt --from-file job.yaml\n")
     p.add_argument("name")
     p.add_argument("artifact", type=Path, help="the model file (or folder); copied into the job store by sha256")
-    p.add_argument("--command", help="optimize subcommand (e.g. quantize), or a script path with --kind python")
-    p.add_argument("--kind", choices=["optimize", "python"], default="optimize")
+    p.add_argument("--command", help="optimize subcommand (e.g. quantize), or a script path with --kind python "
+                   "(--kind batch runs `modelserve batch` on the artifact: a data file or folder)")
+    p.add_argument("--kind", choices=["optimize", "python", "batch"], default="optimize")
     p.add_argument("--param", action="append", default=[], metavar="K=V", help="recipe parameter -> --k v")
     p.add_argument("--artifact-flag", default="", help="pass the artifact as this flag instead of positionally; "
                    "'none' to not pass it")

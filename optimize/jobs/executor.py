@@ -35,6 +35,8 @@ def command_argv(job: Job, run: JobRun, python: str) -> list[str]:
     recipe = job.recipe
     if recipe.kind == "python":
         head = [python, job.script_path or recipe.command]
+    elif recipe.kind == "batch":
+        head = [python, "-m", "serve.cli", "batch"]  # `modelserve batch`, by module: no console script needed
     else:
         head = [python, "-m", "optimize", recipe.command]
     artifact = []

@@ -108,11 +108,17 @@ class Compute:
         )
 
 
+RECIPE_KINDS = ("optimize", "python", "batch")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """What a run executes: `optimize <command> ARTIFACT --param value ... --out OUTPUT_DIR` (kind optimize),
-    or `python <script> ARTIFACT ... --out OUTPUT_DIR` (kind python; the script is stored with the job).
-    `artifact_flag` says how the artifact is passed: "" positional, "--model" as that flag, None not at all."""
+    `python <script> ARTIFACT ... --out OUTPUT_DIR` (kind python; the script is stored with the job), or
+    `modelserve batch --input ARTIFACT --repository R --model M ... --out OUTPUT_DIR` (kind batch: batch inference
+    over the artifact, a data file or folder; `--param output=DIR` keeps the shards in a fixed folder so a later
+    run resumes a canceled one). `artifact_flag` says how the artifact is passed: "" positional (for kind batch:
+    --input), "--model" as that flag, None not at all."""
 
     command: str
     params: dict[str, str | int | float | bool | list] = field(default_factory=dict)
@@ -120,8 +126,14 @@ class Recipe:
     artifact_flag: str | None = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("optimize", "python"):
-            raise UserError(f"recipe kind must be 'optimize' or 'python', got {self.kind!r}")
+        if self.kind not in RECIPE_KINDS:
+            raise UserError(f"recipe kind must be one of {', '.join(RECIPE_KINDS)}; got {self.kind!r}")
+        if self.kind == "batch":
+            if self.command not in ("", "batch"):
+                raise UserError(f"a batch recipe runs `modelserve batch`; its command is 'batch', not {self.command!r}")
+            object.__setattr__(self, "command", "batch")
+            if self.artifact_flag == "":
+                object.__setattr__(self, "artifact_flag", "--input")  # modelserve batch takes no positional
         if not self.command:
             raise UserError("a recipe needs a command (an optimize subcommand, or a python script for kind python)")
         if self.kind == "optimize" and not re.fullmatch(r"[a-z][a-z0-9-]*", self.command):
