@@ -92,7 +92,9 @@ def _add_batch(sub) -> None:
     batch.add_argument("--version", help="model version (default: the newest)")
     batch.add_argument("--input", nargs="+", action="extend", required=True, metavar="PATH",
                        help="data files or folders (repeatable)")
-    batch.add_argument("--output", "--out", required=True, dest="output", help="output folder")
+    batch.add_argument("--output", help="output folder (shards, rejects, summary); rerun with the same to resume")
+    batch.add_argument("--out", help="a job run's folder: the output folder when --output is not given, else where "
+                       "the summary and rejects are copied (how optimize jobs of kind batch pass their run folder)")
     batch.add_argument("--batch-size", type=int, default=1024, help="rows per model call (default 1024)")
     batch.add_argument("--min-actors", type=int, default=1, help="smallest actor pool (default 1)")
     batch.add_argument("--max-actors", type=int, help="largest actor pool (default: as many as the cluster fits)")
@@ -114,22 +116,39 @@ def _add_batch(sub) -> None:
     batch.set_defaults(func=_batch)
 
 
+def _copy_results(output: str, run_folder: str) -> None:
+    """A job run's folder gets the summary and rejects of the shared output folder (the shards stay there)."""
+    import shutil
+    from pathlib import Path
+
+    Path(run_folder).mkdir(parents=True, exist_ok=True)
+    for name in ("summary.json", "rejects.jsonl"):
+        if (Path(output) / name).exists() and Path(output).resolve() != Path(run_folder).resolve():
+            shutil.copyfile(Path(output) / name, Path(run_folder) / name)
+
+
 def _batch(args: argparse.Namespace) -> int:
     from optiserve.data import DataOptions
     from serve.batch import BatchConfig, run_batch
 
     split = lambda text: tuple(c.strip() for c in text.split(",") if c.strip())  # noqa: E731
+    if not (args.output or args.out):
+        raise UserError("give --output DIR: the folder for the output shards, rejects and summary")
     options = DataOptions.from_flags(args.inputs, None, args.feature_columns)
     config = BatchConfig(
         repository=args.repository, model=args.model, version=args.version, inputs=tuple(args.input),
-        output=args.output, batch_size=args.batch_size, min_actors=args.min_actors, max_actors=args.max_actors,
-        threads_per_actor=args.threads_per_actor, gpus_per_actor=args.gpus_per_actor,
+        output=args.output or args.out, batch_size=args.batch_size, min_actors=args.min_actors,
+        max_actors=args.max_actors, threads_per_actor=args.threads_per_actor, gpus_per_actor=args.gpus_per_actor,
         key_columns=split(args.key_columns), feature_columns=options.feature_columns, input_map=options.inputs,
         label_column=args.label_column, nan=args.nan, max_rejects=args.max_rejects, address=args.address,
         progress=not args.no_progress,
     )
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    summary = run_batch(config, log=log)
+    try:
+        summary = run_batch(config, log=log)
+    finally:
+        if args.output and args.out:
+            _copy_results(args.output, args.out)
     if args.json:
         print(summary.to_json())
     return 0
