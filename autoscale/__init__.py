@@ -4,15 +4,16 @@
 importable without starting or loading Ray.
 """
 
-from .bound import LowerBound, lower_bound
+from .bound import LowerBound, References, lower_bound, references
 from .compare import Comparison, TraceComparison, compare_trace, default_configs
 from .cost import CostBreakdown, CostModel, PriceTable
-from .policies import POLICIES, Observation, load_policy_config
+from .policies import DEFAULT_POLICY, POLICIES, Observation, load_policy_config
 from .profile import ModelProfile, measure_profile
 from .simulator import SimConfig, SimulationResult, simulate
-from .traces import TRACE_KINDS, Trace, load_csv, make_trace
+from .traces import TRACE_KINDS, Trace, load_csv, make_trace, trace_from_spec
 
 __all__ = [
+    "DEFAULT_POLICY",
     "POLICIES",
     "TRACE_KINDS",
     "Comparison",
@@ -22,6 +23,7 @@ __all__ = [
     "ModelProfile",
     "Observation",
     "PriceTable",
+    "References",
     "SimConfig",
     "SimulationResult",
     "Trace",
@@ -33,5 +35,7 @@ __all__ = [
     "lower_bound",
     "make_trace",
     "measure_profile",
+    "references",
     "simulate",
+    "trace_from_spec",
 ]
