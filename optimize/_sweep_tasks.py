@@ -11,20 +11,22 @@ import contextlib
 import io
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optimize.pipeline import RunSettings
 
 
-def _inputs(model_path: str, qconfig: dict[str, Any], calibration: str | None, evaluation: str | None):
+def _inputs(model_path: str, settings: RunSettings, calibration: str | None, evaluation: str | None):
     from optimize.loading import load_model
-    from optimize.quantize import QuantizeConfig, resolve_inputs
+    from optimize.pipeline import resolve_inputs
 
-    config = QuantizeConfig(**qconfig)
-    source = load_model(Path(model_path), config.allow_pickle)
-    return source, resolve_inputs(source, config, Path(calibration) if calibration else None,
+    source = load_model(Path(model_path), settings.allow_pickle)
+    return source, resolve_inputs(source, settings, Path(calibration) if calibration else None,
                                   Path(evaluation) if evaluation else None)
 
 
-def prepare(model_path: str, ratio: float, prune: dict[str, Any], qconfig: dict[str, Any], calibration: str | None,
+def prepare(model_path: str, ratio: float, prune: dict[str, Any], settings: RunSettings, calibration: str | None,
             evaluation: str | None, finetune: str | None, folder: str) -> dict[str, Any]:
     """fp32 (pruned at `ratio`) ONNX + pre-processed copy under `folder`; returns paths and parameter counts."""
     import torch
@@ -32,12 +34,12 @@ def prepare(model_path: str, ratio: float, prune: dict[str, Any], qconfig: dict[
     from optimize.export import export_onnx
     from optimize.prune import PruneConfig, _apply, _example, _to_onnx, counts
     from optimize.variants import preprocess
-    from optiserve.data import DataOptions, bind, load_dataset
+    from optiserve.data import bind, load_dataset
 
     torch.set_num_threads(1)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    source, inputs = _inputs(model_path, qconfig, calibration, evaluation)
+    source, inputs = _inputs(model_path, settings, calibration, evaluation)
     stem = f"fp32-p{ratio:g}"
     facts: dict[str, Any] = {"ratio": ratio}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -53,8 +55,7 @@ def prepare(model_path: str, ratio: float, prune: dict[str, Any], qconfig: dict[
             example = _example(inputs)
             model = _apply(base, ratio, config, inputs, example)
             if finetune and config.epochs:
-                options = qconfig.get("data") or DataOptions()
-                data = bind(load_dataset(Path(finetune), "fine-tuning data", options), inputs.specs,
+                data = bind(load_dataset(Path(finetune), "fine-tuning data", settings.data), inputs.specs,
                             "fine-tuning data")
                 tune(model, data, [s.name for s in inputs.specs], config.epochs, config.learning_rate)
             facts["flops"], facts["params"], _ = counts(model, example)
@@ -66,14 +67,14 @@ def prepare(model_path: str, ratio: float, prune: dict[str, Any], qconfig: dict[
 
 
 def build_variant(pre: str, kind: str, calibration_method: str | None, per_channel: bool, out: str,
-                  model_path: str, qconfig: dict[str, Any], calibration: str | None) -> str:
+                  model_path: str, settings: RunSettings, calibration: str | None) -> str:
     """Quantize one pre-processed model; returns the written path."""
     from optimize.cpu import choose_format, detect_cpu
     from optimize.variants import VariantSpec, build
 
     calib = None
     if kind == "static":
-        _, inputs = _inputs(model_path, qconfig, calibration, None)
+        _, inputs = _inputs(model_path, settings, calibration, None)
         calib = inputs.calibration
     spec = VariantSpec(Path(out).stem, kind, calibration_method, per_channel)
     with contextlib.redirect_stdout(io.StringIO()):

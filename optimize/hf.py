@@ -14,22 +14,25 @@ import io
 import logging
 import os
 import shutil
-import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from optimize.choice import ANCHOR, choose, kind_order
 from optimize.cpu import CpuInfo, choose_format, detect_cpu
 from optimize.loading import SourceModel
-from optimize.quantize import Inputs, Progress, QuantizeConfig, measure_variants
+from optimize.pipeline import Inputs, Progress, VariantSet, finish, report_fields
 from optimize.report import QuantizeReport, VariantResult, to_markdown
 from optimize.variants import build_anchor
 from optiserve.data import DataOptions, Dataset, InputSpec, load_dataset
 from optiserve.errors import UserError
 from optiserve.hashing import sha256_of
+
+if TYPE_CHECKING:  # quantize() dispatches here; importing it at run time would be a loop
+    from optimize.quantize import QuantizeConfig
 
 LEVELS = ("O1", "O2", "O3")
 DEFAULT_SEQUENCE = 16
@@ -112,7 +115,7 @@ def _quiet():
     return stack
 
 
-def quantize_hf(model_dir: Path, out: Path, config: QuantizeConfig = QuantizeConfig(), *,
+def quantize_hf(model_dir: Path, out: Path, config: QuantizeConfig, *,
                 calibration_path: Path | None = None, eval_path: Path | None = None,
                 progress: Progress = lambda _msg: None) -> QuantizeReport:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the hub from here
@@ -159,71 +162,51 @@ def quantize_hf(model_dir: Path, out: Path, config: QuantizeConfig = QuantizeCon
                          input_names=names)
     inputs = Inputs(specs, calib, evaluation, labelled, notes)
 
-    built = {"fp32": variants_dir / "fp32.onnx"}
-    shutil.copyfile(exported, built["fp32"])
-    results = {"fp32": VariantResult("fp32", "fp32", path="variants/fp32.onnx", extra={"task": task})}
+    variants = VariantSet(out, notes)
+    fp32 = variants.add(VariantResult("fp32", "fp32", extra={"task": task}),
+                        lambda: shutil.copyfile(exported, variants_dir / "fp32.onnx"))
     for level in LEVELS:
         progress(f"graph optimization {level} (ORTOptimizer)")
-        result = VariantResult(f"optimized-{level}", "graph-optimized", extra={"level": level})
-        try:
-            with _quiet():
-                opt = ORTOptimizer.from_pretrained(work / "export", file_names=["model.onnx"])
-                opt.optimize(getattr(AutoOptimizationConfig, level)(), save_dir=work / level)
-            built[result.name] = variants_dir / f"{result.name}.onnx"
-            shutil.copyfile(work / level / "model_optimized.onnx", built[result.name])
-            result.path = f"variants/{result.name}.onnx"
-        except Exception as exc:  # one failed level must not sink the others
-            result.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        results[result.name] = result
+
+        def optimized(level=level) -> Path:
+            opt = ORTOptimizer.from_pretrained(work / "export", file_names=["model.onnx"])
+            opt.optimize(getattr(AutoOptimizationConfig, level)(), save_dir=work / level)
+            return shutil.copyfile(work / level / "model_optimized.onnx", variants_dir / f"optimized-{level}.onnx")
+
+        with _quiet():
+            variants.add(VariantResult(f"optimized-{level}", "graph-optimized", extra={"level": level}), optimized)
     cpu = detect_cpu()
     chosen_preset = preset(cpu)
     progress(f"dynamic int8 with the {chosen_preset} preset (ORTQuantizer)")
-    result = VariantResult("dynamic-int8", "dynamic", per_channel=config.per_channel, extra={"preset": chosen_preset})
-    try:
-        with _quiet():
-            qconfig = getattr(AutoQuantizationConfig, chosen_preset)(is_static=False, per_channel=config.per_channel)
-            ORTQuantizer.from_pretrained(work / "export", file_name="model.onnx").quantize(qconfig, work / "int8")
-        built["dynamic-int8"] = variants_dir / "dynamic-int8.onnx"
-        shutil.copyfile(work / "int8" / "model_quantized.onnx", built["dynamic-int8"])
-        result.path = "variants/dynamic-int8.onnx"
-    except Exception as exc:
-        result.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    results["dynamic-int8"] = result
-    if config.method == "auto":
-        progress("onnxruntime's one-line quantize_dynamic (the anchor)")
-        result = VariantResult(ANCHOR, "dynamic", extra={"recipe": "onnxruntime.quantization.quantize_dynamic("
-                                                          "fp32.onnx, out.onnx), defaults"})
-        try:
-            with _quiet():
-                built[ANCHOR] = build_anchor(built["fp32"], variants_dir / f"{ANCHOR}.onnx")
-            result.path = f"variants/{ANCHOR}.onnx"
-        except Exception as exc:
-            result.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        results[ANCHOR] = result
+
+    def int8() -> Path:
+        qconfig = getattr(AutoQuantizationConfig, chosen_preset)(is_static=False, per_channel=config.per_channel)
+        ORTQuantizer.from_pretrained(work / "export", file_name="model.onnx").quantize(qconfig, work / "int8")
+        return shutil.copyfile(work / "int8" / "model_quantized.onnx", variants_dir / "dynamic-int8.onnx")
+
+    with _quiet():
+        variants.add(VariantResult("dynamic-int8", "dynamic", per_channel=config.per_channel,
+                                   extra={"preset": chosen_preset}), int8)
+        if config.method == "auto" and not fp32.error:
+            progress("onnxruntime's one-line quantize_dynamic (the anchor)")
+            variants.add(VariantResult(ANCHOR, "dynamic", extra={"recipe": "onnxruntime.quantization."
+                                                                  "quantize_dynamic(fp32.onnx, out.onnx), defaults"}),
+                         lambda: build_anchor(variants.paths["fp32"], variants_dir / f"{ANCHOR}.onnx"))
 
     progress("measuring every variant side by side")
-    measure_variants(source, built, results, inputs, config)
+    variants.measure(source, inputs, config)
     fmt = choose_format(cpu)
-    torch_diff = results["pytorch"].max_abs_diff if "pytorch" in results else None
+    torch_diff = variants.results["pytorch"].max_abs_diff if "pytorch" in variants.results else None
     report = QuantizeReport(
-        source={"path": str(model_dir), "kind": "huggingface", "sha256": source.sha256, "task": task},
-        inputs=[asdict(s) for s in specs], cpu=asdict(cpu),
-        quant_format={**asdict(fmt), "reason": f"optimum AutoQuantizationConfig.{chosen_preset} (dynamic); "
-                      + fmt.reason},
-        threads=config.threads,
+        **report_fields(source, inputs, config, cpu, variants, task=task), chosen=None,
+        quant_format={**asdict(fmt),
+                      "reason": f"optimum AutoQuantizationConfig.{chosen_preset} (dynamic); {fmt.reason}"},
         export={"max_abs_diff": torch_diff or 0.0, "tolerance": 1e-4, "verified_samples": len(evaluation),
-                "exporter": "optimum main_export (validated)"},
-        accuracy_measured=labelled,
-        budget={"metric": "accuracy_pts" if labelled else "relative_error_pct", "max_drop": config.max_accuracy_drop},
-        variants=([results.pop("pytorch")] if "pytorch" in results else []) + list(results.values()),
-        chosen=None, notes=notes, eval_samples=len(evaluation), created_unix_s=time.time(),
-    )
+                "exporter": "optimum main_export (validated)"})
     choose(report, kind_order(cpu, has_conv=False))
-    shutil.copyfile(out / report.variant(report.chosen or "fp32").path, out / "model.onnx")
     for extra in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (work / "export" / extra).is_file():  # what a serving process needs besides the graph
             shutil.copyfile(work / "export" / extra, out / extra)
     shutil.rmtree(work, ignore_errors=True)
-    report.save(out / "report.json")
-    (out / "report.md").write_text(to_markdown(report))
+    finish(report, out, to_markdown)
     return report

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,9 +28,9 @@ from optimize.cpu import detect_cpu
 from optimize.export import export_onnx, session
 from optimize.loading import load_model
 from optimize.measure import tile_batch, time_interleaved
-from optimize.quantize import Inputs, QuantizeConfig, measure_variants, resolve_inputs
+from optimize.pipeline import Inputs, RunSettings, VariantSet, finish, report_fields, resolve_inputs
 from optimize.report import VariantResult
-from optiserve.data import DataOptions, Dataset, bind, load_dataset
+from optiserve.data import Dataset, bind, load_dataset
 from optiserve.errors import UserError
 
 MODES = ("structured", "unstructured")
@@ -46,7 +45,7 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(RunSettings):
     ratio: float | None = None  # share of channels removed per prunable layer; 0.5 when no target is given
     max_latency_ms: float | None = None  # target: batch-32 p50 of the pruned fp32 ONNX model
     target_size_bytes: int | None = None  # target: size of the pruned ONNX file
@@ -58,14 +57,9 @@ class PruneConfig:
     global_pruning: bool = False  # rank channels across layers instead of the same ratio in each
     epochs: int = 0  # recovery fine-tuning epochs on the fine-tuning data (0: off)
     learning_rate: float = 1e-3
-    max_accuracy_drop: float = 1.0
-    threads: int = 1
-    repeats: int = 100
-    input_shape: str | None = None
-    allow_pickle: bool = False
-    data: DataOptions = DataOptions()  # how to read data files: --inputs, --labels, --feature-columns
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         targets = [t for t in (self.ratio, self.max_latency_ms, self.target_size_bytes, self.target_size_share)
                    if t is not None]
         if len(targets) > 1:
@@ -94,11 +88,6 @@ class PruneConfig:
         if self.max_latency_ms is None and self.target_size_bytes is None and self.target_size_share is None:
             return 0.5 if self.ratio is None else self.ratio
         return None
-
-    def quantize_config(self) -> QuantizeConfig:
-        return QuantizeConfig(max_accuracy_drop=self.max_accuracy_drop, threads=self.threads, repeats=self.repeats,
-                              input_shape=self.input_shape, allow_pickle=self.allow_pickle, data=self.data)
-
 
 def _ignored(model, names: tuple[str, ...], example) -> list:
     from optimize._prune_graph import PRUNABLE, output_layers
@@ -299,8 +288,7 @@ def _prune(model_path: Path, out: Path, config: PruneConfig, calibration_path: P
     from optimize._prune_graph import prunable_module
 
     base = prunable_module(source)
-    qconfig = config.quantize_config()
-    inputs = resolve_inputs(source, qconfig, calibration_path, eval_path)
+    inputs = resolve_inputs(source, config, calibration_path, eval_path)
     tune = bind(load_dataset(finetune_path, "fine-tuning data", config.data), inputs.specs, "fine-tuning data") \
         if finetune_path else None
     if config.epochs and tune is None:
@@ -342,33 +330,26 @@ def _prune(model_path: Path, out: Path, config: PruneConfig, calibration_path: P
     pt2, exported = _to_onnx(model, example, inputs, variants_dir, "pruned")
     shutil.copyfile(pt2, out / "model.pt2")
     pt2.unlink()
-    result = VariantResult("pruned", f"prune-{config.mode}", path="variants/pruned.onnx", extra={
-        "ratio": ratio, "criterion": config.criterion, "params": params_after, "flops": flops_after})
-    results = {"fp32": VariantResult("fp32", "fp32", path="variants/fp32.onnx"), "pruned": result}
+    variants = VariantSet(out, notes)
+    variants.add(VariantResult("fp32", "fp32"), fp32.path)
+    result = variants.add(VariantResult("pruned", f"prune-{config.mode}", extra={
+        "ratio": ratio, "criterion": config.criterion, "params": params_after, "flops": flops_after}), exported.path)
     progress("measuring side by side")
-    measure_variants(source, {"fp32": fp32.path, "pruned": exported.path}, results, inputs, qconfig)
+    variants.measure(source, inputs, config)
     if tuned is not None and inputs.labelled:
         tuned["accuracy_after"] = result.accuracy
+    if not result.within_budget:
+        variants.notes.append("the pruned model is outside the accuracy budget: try a smaller --ratio or "
+                              "--finetune-data with --epochs")
     report = PruneReport(
-        source={"path": str(source.path), "kind": source.kind, "sha256": source.sha256},
-        inputs=[asdict(s) for s in inputs.specs], cpu=asdict(detect_cpu()), threads=config.threads,
+        **report_fields(source, inputs, config, detect_cpu(), variants),
         export={"max_abs_diff": exported.max_abs_diff, "tolerance": exported.tolerance,
                 "verified_samples": exported.verified_samples},
-        accuracy_measured=inputs.labelled,
-        budget={"metric": "accuracy_pts" if inputs.labelled else "relative_error_pct",
-                "max_drop": config.max_accuracy_drop},
         config=asdict(config), ratio=ratio, params_before=params_before, params_after=params_after,
         flops_before=flops_before, flops_after=flops_after,
         layers=[{"name": n, "shape_before": list(s), "shape_after": list(shapes_after.get(n, ()))}
                 for n, s in shapes_before.items()],
-        variants=([results.pop("pytorch")] if "pytorch" in results else []) + list(results.values()),
-        chosen="pruned" if result.within_budget else None, search=search, finetune=tuned, notes=notes,
-        eval_samples=len(inputs.evaluation), created_unix_s=time.time(),
+        chosen="pruned" if result.within_budget else None, search=search, finetune=tuned,
     )
-    if not result.within_budget:
-        report.notes.append("the pruned model is outside the accuracy budget: try a smaller --ratio or "
-                            "--finetune-data with --epochs")
-    shutil.copyfile(exported.path, out / "model.onnx")
-    report.save(out / "report.json")
-    (out / "report.md").write_text(to_markdown(report))
+    finish(report, out, to_markdown, model="pruned")  # the pruned model either way; the verdict is `chosen`
     return report

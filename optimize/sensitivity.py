@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,16 +136,23 @@ def fallback(pre: Path, spec: VariantSpec, fmt: QuantFormat, calibration: Datase
     return result
 
 
-def needs_fallback(results: dict) -> bool:
+def needs_fallback(results: Iterable) -> bool:
     """True when int8 variants were built and none of them met the budget."""
-    int8 = [r for r in results.values() if r.kind in ("dynamic", "static") and not r.error]
+    int8 = [r for r in results if r.kind in ("dynamic", "static") and not r.error]
     return bool(int8) and not any(r.within_budget for r in int8)
 
 
-def apply_fallback(pre: Path, fmt: QuantFormat, inputs, config, built: dict[str, Path], results: dict,
-                   variants_dir: Path, notes: list[str]) -> bool:
-    """Run the fp32 fallback on the int8 variant closest to the budget; add every config tried to `built` and
-    `results` (re-measure them afterwards) and explain in `notes`. Returns whether anything was added."""
+@dataclass
+class Fallback:
+    variants: list[tuple]  # (VariantResult, model path or None when it could not be built), every config tried
+    notes: list[str]
+
+
+def fallback_variants(pre: Path, fmt: QuantFormat, inputs, settings, results: dict, fp32: Path,
+                      folder: Path) -> Fallback:
+    """Run the fp32 fallback on the int8 variant closest to the budget and return every config tried as a new
+    variant (to add and measure) with notes explaining the ranking and the outcome."""
+    from optimize.pipeline import within_budget
     from optimize.report import VariantResult
 
     labelled = inputs.labelled
@@ -153,37 +160,33 @@ def apply_fallback(pre: Path, fmt: QuantFormat, inputs, config, built: dict[str,
     base = max(int8, key=lambda r: (r.accuracy_change_pts if labelled else -r.relative_error) or 0.0)
     spec = VariantSpec(base.name, base.kind, base.calibration_method, base.per_channel)
     data = inputs.evaluation
-    fp32_out = _outputs(built["fp32"], data)
+    fp32_out = _outputs(fp32, data)
     ref = results.get("pytorch") or results["fp32"]
 
     def evaluate(path: Path) -> tuple[bool, float]:
         out = _outputs(path, data)
-        if labelled and ref.accuracy is not None:
-            change = 100 * (float(np.mean(out.argmax(1) == data.labels)) - ref.accuracy)
-            return change >= -config.max_accuracy_drop, change
-        error = 100 * agreement(out, fp32_out).relative_error
-        return error <= config.max_accuracy_drop, error
+        change = 100 * (float(np.mean(out.argmax(1) == data.labels)) - ref.accuracy) \
+            if labelled and ref.accuracy is not None else None
+        error = agreement(out, fp32_out).relative_error
+        return within_budget(labelled, settings.max_accuracy_drop, change, error), \
+            change if change is not None else 100 * error
 
     outcome = fallback(pre, spec, fmt, inputs.calibration,
-                       inputs.calibration if inputs.calibration is not None else data, evaluate, variants_dir)
+                       inputs.calibration if inputs.calibration is not None else data, evaluate, folder)
     ranking = [{"node": s.node, "op_type": s.op_type, "module": s.module, "relative_error": s.relative_error}
                for s in outcome.ranking]
-    for c in outcome.configs:
-        result = VariantResult(c.name, base.kind, calibration_method=base.calibration_method,
+    variants = [(VariantResult(c.name, base.kind, calibration_method=base.calibration_method,
                                per_channel=base.per_channel, error=c.error, extra={
                                    "fallback_of": base.name, "fp32_nodes": c.fp32_nodes,
-                                   "fp32_modules": c.fp32_modules, "sensitivity_ranking": ranking})
-        if c.path is not None and c.error is None:
-            result.path = f"{c.path.parent.name}/{c.path.name}"
-            built[c.name] = c.path
-        results[c.name] = result
+                                   "fp32_modules": c.fp32_modules, "sensitivity_ranking": ranking}),
+                 c.path if c.error is None else None) for c in outcome.configs]
     metric = "accuracy change (pts)" if labelled else "relative error (%)"
     tried = "; ".join(f"{c.name}: {metric} {c.metric:+.3g}, {'within' if c.within_budget else 'outside'} budget"
                       for c in outcome.configs)
     ranked = ", ".join(f"{s.node}" + (f" ({s.module})" if s.module else "") + f" {100 * s.relative_error:.2g}%"
                        for s in outcome.ranking)
-    notes.append(f"no int8 variant met the budget: ranked the nodes of {base.name} by the relative output error "
-                 f"each adds when quantized alone: {ranked}")
+    notes = [f"no int8 variant met the budget: ranked the nodes of {base.name} by the relative output error "
+             f"each adds when quantized alone: {ranked}"]
     if outcome.passed:
         pairs = zip(outcome.passed.fp32_nodes, outcome.passed.fp32_modules, strict=True)
         kept = ", ".join(f"{n}" + (f" ({m})" if m else "") for n, m in pairs)
@@ -191,4 +194,4 @@ def apply_fallback(pre: Path, fmt: QuantFormat, inputs, config, built: dict[str,
                      f"fp32: {kept}. Configs tried: {tried}")
     else:
         notes.append(f"accuracy-aware fallback found no config within budget. Configs tried: {tried}")
-    return bool(outcome.configs)
+    return Fallback(variants, notes)

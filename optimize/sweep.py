@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,9 +21,10 @@ from optimize._workspace import staged
 from optimize.choice import choose
 from optimize.cpu import choose_format, detect_cpu
 from optimize.loading import load_model
-from optimize.quantize import QuantizeConfig, measure_variants, resolve_inputs
+from optimize.pipeline import RunSettings, VariantSet, finish, report_fields, resolve_inputs
 from optimize.report import VariantResult, VariantsReport
 from optimize.variants import CALIBRATION_METHODS
+from optiserve.config import from_mapping, read_mapping
 from optiserve.data import DataOptions
 from optiserve.errors import UserError
 
@@ -34,23 +35,19 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(RunSettings):
     quantization: tuple[str, ...] = ("none", "dynamic", "static")  # "none": the fp32 model of that prune ratio
     calibration_methods: tuple[str, ...] = ("minmax", "entropy")  # for static
     prune_ratios: tuple[float, ...] = (0.0, 0.5)
     criterion: str = "magnitude"
     epochs: int = 0  # recovery fine-tuning of each pruned model (needs fine-tuning data)
     per_channel: bool = True
-    max_accuracy_drop: float = 1.0
-    threads: int = 1
     repeats: int = 50
-    input_shape: str | None = None
-    allow_pickle: bool = False
     executor: str = "auto"  # auto: Ray when installed, else serial
     num_cpus: int = 4  # logical CPUs of the local Ray instance
-    data: DataOptions = DataOptions()  # how to read data files: --inputs, --labels, --feature-columns
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         bad = [q for q in self.quantization if q not in QUANTIZATION]
         if bad or not self.quantization:
             raise UserError(f"quantization {bad} unknown; choose from {', '.join(QUANTIZATION)}")
@@ -61,33 +58,16 @@ class SweepConfig:
             raise UserError("prune ratios must be in [0, 1), e.g. 0,0.25,0.5")
         if self.executor not in EXECUTORS:
             raise UserError(f"--executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
-        if self.num_cpus < 1 or self.repeats < 5 or self.threads < 1:
-            raise UserError("--num-cpus and --threads must be >= 1 and --repeats >= 5")
-        QuantizeConfig(max_accuracy_drop=self.max_accuracy_drop)  # same budget validation as quantize
+        if self.num_cpus < 1:
+            raise UserError("--num-cpus must be >= 1")
 
     @classmethod
     def from_yaml(cls, path: Path, **overrides: Any) -> SweepConfig:
         """A grid file: keys are this dataclass's fields (lists for the tuple ones); CLI overrides win."""
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"grid file {path} is not readable YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"grid file {path} must be a mapping, e.g. 'prune_ratios: [0, 0.5]'")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"grid file {path} has unknown keys {unknown}; known keys: {', '.join(sorted(known))}")
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        data = read_mapping(path, "grid file", "prune_ratios: [0, 0.5]")
         if isinstance(data.get("data"), dict):  # data: {inputs: {input: X}, labels: y, feature_columns: [a, b]}
             data["data"] = DataOptions.from_dict(data["data"])
-        return cls(**{**data, **overrides})
-
-    def quantize_config(self) -> QuantizeConfig:
-        return QuantizeConfig(max_accuracy_drop=self.max_accuracy_drop, threads=self.threads, repeats=self.repeats,
-                              input_shape=self.input_shape, allow_pickle=self.allow_pickle, data=self.data)
+        return from_mapping(cls, data, f"grid file {path}", **overrides)
 
 
 @dataclass(frozen=True)
@@ -170,13 +150,12 @@ def _executor(config: SweepConfig) -> str:
 def sweep(model_path: Path, out: Path, config: SweepConfig = SweepConfig(), *, calibration_path: Path | None = None,
           eval_path: Path | None = None, finetune_path: Path | None = None,
           progress: Progress = lambda _msg: None) -> SweepReport:
-    qconfig = config.quantize_config()
     source = load_model(Path(model_path), config.allow_pickle)
     if any(r > 0 for r in config.prune_ratios):
         from optimize._prune_graph import prunable_module
 
         prunable_module(source)  # refuse unprunable inputs (TorchScript, ONNX) before any work
-    inputs = resolve_inputs(source, qconfig, calibration_path, eval_path)
+    inputs = resolve_inputs(source, config, calibration_path, eval_path)
     points = grid(config)
     notes = list(inputs.notes)
     if any(p.quantization == "static" for p in points) and inputs.calibration is None:
@@ -191,7 +170,7 @@ def sweep(model_path: Path, out: Path, config: SweepConfig = SweepConfig(), *, c
         with staged(Path(out)) as stage:  # private until it succeeded: concurrent sweeps never share a file
             variants_dir = stage / "variants"
             variants_dir.mkdir()
-            return _sweep(source, inputs, points, notes, executor, model_path, stage, variants_dir, config, qconfig,
+            return _sweep(source, inputs, points, notes, executor, model_path, stage, variants_dir, config,
                           (calibration_path, eval_path, finetune_path), progress)
     finally:
         if owns_ray:
@@ -206,73 +185,64 @@ def _ray_running() -> bool:
     return ray.is_initialized()
 
 
-def _sweep(source, inputs, points, notes, executor, model_path, out, variants_dir, config, qconfig, data_paths,
+def _sweep(source, inputs, points, notes, executor, model_path, out, variants_dir, config, data_paths,
            progress) -> SweepReport:
-    qdict = {k: getattr(qconfig, k) for k in ("max_accuracy_drop", "threads", "repeats", "input_shape",
-                                               "allow_pickle", "data")}
+    settings = config.settings()  # the shared part: what each Ray task needs to reload the model and its inputs
     prune_args = {"criterion": config.criterion, "epochs": config.epochs, "allow_pickle": config.allow_pickle}
     paths = [str(p) if p else None for p in data_paths]
     ratios = sorted({p.prune_ratio for p in points})
     started = time.perf_counter()
     progress(f"building {len(ratios)} fp32 model(s) ({executor})")
     prepared = dict(zip(ratios, run_all(
-        [(prepare, str(model_path), r, prune_args, qdict, *paths, str(variants_dir)) for r in ratios],
+        [(prepare, str(model_path), r, prune_args, settings, *paths, str(variants_dir)) for r in ratios],
         executor, config.num_cpus), strict=True))
-    results: dict[str, VariantResult] = {}
-    built: dict[str, Path] = {}
+    variants = VariantSet(out, notes)
     calls, pending = [], []
     for p in points:
         facts = prepared[p.prune_ratio]
-        results[p.name] = VariantResult(p.name, "fp32" if p.name == "fp32" else p.quantization,
-                                        calibration_method=p.calibration_method,
-                                        per_channel=config.per_channel and p.quantization in ("dynamic", "static"),
-                                        extra={"prune_ratio": p.prune_ratio, "quantization": p.quantization})
+        result = VariantResult(p.name, "fp32" if p.name == "fp32" else p.quantization,
+                               calibration_method=p.calibration_method,
+                               per_channel=config.per_channel and p.quantization in ("dynamic", "static"),
+                               extra={"prune_ratio": p.prune_ratio, "quantization": p.quantization})
         if isinstance(facts, Exception):
-            results[p.name].error = f"pruning/export failed: {str(facts).splitlines()[0] if str(facts) else facts}"
+            result.error = f"pruning/export failed: {str(facts).splitlines()[0] if str(facts) else facts}"
+            variants.add(result)
             continue
-        results[p.name].extra.update({k: v for k, v in facts.items() if k in ("params", "flops")})
+        result.extra.update({k: v for k, v in facts.items() if k in ("params", "flops")})
         if p.quantization == "none":
-            built[p.name] = Path(facts["fp32"])
+            variants.add(result, Path(facts["fp32"]))
             continue
-        target = variants_dir / f"{p.name}.onnx"
+        variants.add(result)
         calls.append((build_variant, facts["pre"], p.quantization, p.calibration_method,
-                      config.per_channel, str(target), str(model_path), qdict, paths[0]))
-        pending.append(p.name)
+                      config.per_channel, str(variants_dir / f"{p.name}.onnx"), str(model_path), settings, paths[0]))
+        pending.append(result)
     progress(f"building {len(calls)} quantized variant(s) ({executor})")
-    for name, made in zip(pending, run_all(calls, executor, config.num_cpus), strict=True):
+    for result, made in zip(pending, run_all(calls, executor, config.num_cpus), strict=True):
         if isinstance(made, Exception):
-            results[name].error = str(made).splitlines()[0] if str(made) else type(made).__name__
+            result.error = str(made).splitlines()[0] if str(made) else type(made).__name__
         else:
-            built[name] = Path(made)
+            variants.add(result, Path(made))
     build_wall_s = time.perf_counter() - started
-    if "fp32" not in built:
-        raise UserError(f"the fp32 export failed: {results['fp32'].error}")
-    for name, path in built.items():
-        results[name].path = str(path.relative_to(out))
+    if "fp32" not in variants.paths:
+        raise UserError(f"the fp32 export failed: {variants.results['fp32'].error}")
 
-    progress(f"measuring {len(built)} variants side by side")
+    progress(f"measuring {len(variants.paths)} variants side by side")
     started = time.perf_counter()
-    measure_variants(source, built, results, inputs, qconfig)
+    variants.measure(source, inputs, config)
     measure_wall_s = time.perf_counter() - started
     for f in variants_dir.glob(".*-pre.onnx"):
         f.unlink()
-    ordered = ([results.pop("pytorch")] if "pytorch" in results else []) + list(results.values())
-    fmt = choose_format(detect_cpu())
+    fields = report_fields(source, inputs, config, detect_cpu(), variants)
     report = SweepReport(
-        source={"path": str(source.path), "kind": source.kind, "sha256": source.sha256},
-        inputs=[asdict(s) for s in inputs.specs], cpu=asdict(detect_cpu()), quant_format=asdict(fmt),
-        threads=config.threads, accuracy_measured=inputs.labelled,
-        budget={"metric": "accuracy_pts" if inputs.labelled else "relative_error_pct",
-                "max_drop": config.max_accuracy_drop},
-        config=asdict(config), executor=executor, build_wall_s=build_wall_s, measure_wall_s=measure_wall_s,
-        variants=ordered, pareto=pareto_front(ordered, inputs.labelled), notes=notes,
-        eval_samples=len(inputs.evaluation), created_unix_s=time.time(),
+        **fields, quant_format=asdict(choose_format(detect_cpu())), config=asdict(config), executor=executor,
+        build_wall_s=build_wall_s, measure_wall_s=measure_wall_s,
+        pareto=pareto_front(fields["variants"], inputs.labelled),
     )
     for v in report.variants:
         v.extra["pareto"] = v.name in report.pareto
     choose(report)  # quantize's noise-aware rule (optimize.choice)
-    report.save(out / "report.json")
     from optimize._sweep_html import render
 
+    finish(report, out)
     (out / "report.html").write_text(render(report))
     return report

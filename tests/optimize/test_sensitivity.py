@@ -79,7 +79,9 @@ def test_fallback_keeps_sensitive_nodes_in_fp32_until_the_budget_holds(fallback_
     assert [v.within_budget for v in tried] == [False] * (len(tried) - 1) + [True]
     passing = tried[-1]
     assert set(passing.extra["fp32_modules"]) == {"net.2", "net.4"} and "net.0" not in passing.extra["fp32_modules"]
-    assert report.chosen == passing.name and passing.accuracy_change_pts >= -1.0
+    assert passing.within_budget and passing.accuracy_change_pts >= -1.0
+    # whether it is also chosen depends on beating fp32 by this machine's timings (optimize.choice's rule)
+    assert report.chosen == passing.name or (report.chosen is None and not passing.faster_than_fp32)
     ranking = passing.extra["sensitivity_ranking"]
     assert [r["module"] for r in ranking][-1] == "net.0" and len(ranking) == 3
     # The kept nodes really stayed float: one of the three Gemms still runs in int8.
@@ -93,8 +95,10 @@ def test_fallback_keeps_sensitive_nodes_in_fp32_until_the_budget_holds(fallback_
 def test_fallback_survives_the_report_round_trip(fallback_report):
     out, report = fallback_report
     loaded = QuantizeReport.load(out / "report.json")
-    assert loaded.variant(report.chosen).extra["fp32_nodes"] == report.variant(report.chosen).extra["fp32_nodes"]
-    assert (out / "model.onnx").read_bytes() == (out / report.variant(report.chosen).path).read_bytes()
+    passing = next(v for v in report.variants if v.extra.get("fallback_of") and v.within_budget)
+    assert loaded.variant(passing.name).extra["fp32_nodes"] == passing.extra["fp32_nodes"]
+    chosen = report.variant(report.chosen or "fp32")
+    assert (out / "model.onnx").read_bytes() == (out / chosen.path).read_bytes()
 
 
 def test_node_modules_reads_dynamo_name_scopes(examples_dir, tmp_path):
