@@ -178,6 +178,8 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
         else:
             want = target - max(1, math.floor((target - want) * cfg.downscale_fraction))
             last_down = t
+    if want < 1 and (obs.ongoing_requests > 0 or obs.queued_requests > 0 or obs.arrival_rate_rps > 0):
+        want = 1  # scale from zero (min_replicas 0): requests wait at the proxy with no replica to report a rate
     desired = obs.clamp(want)
     return desired, {**panic_state, "prev": prev, "cur": cur, "hist": hist, "rises": rises, "recs": recs,
                      "peaks": peaks, "rise_pending": pending, "panic_until_s": panic_until, "last_down_s": last_down,

@@ -85,3 +85,14 @@ def test_without_a_capacity_model_falls_back_to_ongoing_requests():
     obs = Observation(0.0, 1, 1, 9.0, 0.0, 0.0, replica_start_s=10.0, max_replicas=20)
     desired, state = adaptive_policy(obs, cfg, {})
     assert desired == 5 and json.loads(json.dumps(state)) == state
+
+
+def test_scales_from_zero_when_requests_wait_and_stays_at_zero_when_idle():
+    cfg = _cfg()
+    idle = Observation(0.0, 0, 0, 0.0, replica_start_s=5.0, min_replicas=0, max_replicas=4)
+    assert adaptive_policy(idle, cfg, {})[0] == 0
+    # No replica reports a rate at zero replicas: the requests Ray counts at the proxy wake the deployment.
+    waiting = Observation(1.0, 0, 0, 1.0, replica_start_s=5.0, min_replicas=0, max_replicas=4)
+    assert adaptive_policy(waiting, cfg, {})[0] == 1
+    fallback = load_policy_config("adaptive", None)  # no capacity model
+    assert adaptive_policy(waiting, fallback, {})[0] == 1
