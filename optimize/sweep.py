@@ -12,17 +12,18 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
+from optimize._sweep_report import SweepReport, pareto_front, render
 from optimize._sweep_tasks import build_variant, prepare, run_all
 from optimize._workspace import staged
 from optimize.choice import choose
 from optimize.cpu import choose_format, detect_cpu
 from optimize.loading import load_model
 from optimize.pipeline import RunSettings, VariantSet, finish, report_fields, resolve_inputs
-from optimize.report import VariantResult, VariantsReport
+from optimize.report import VariantResult
 from optimize.variants import CALIBRATION_METHODS
 from optiserve.config import from_mapping, read_mapping
 from optiserve.data import DataOptions
@@ -30,7 +31,6 @@ from optiserve.errors import UserError
 
 QUANTIZATION = ("none", "dynamic", "static", "fp16")
 EXECUTORS = ("auto", "ray", "serial")
-SWEEP_SCHEMA_VERSION = 1
 Progress = Callable[[str], None]
 
 
@@ -91,54 +91,6 @@ def grid(config: SweepConfig) -> list[GridPoint]:
             else:
                 points.append(GridPoint(f"{prefix}{'fp16' if q == 'fp16' else 'dynamic-int8'}", ratio, q))
     return points
-
-
-@dataclass
-class SweepReport(VariantsReport):
-    KIND: ClassVar[str | None] = "sweep"
-    SCHEMA: ClassVar[int] = SWEEP_SCHEMA_VERSION
-
-    source: dict[str, Any]
-    inputs: list[dict[str, Any]]
-    cpu: dict[str, Any]
-    quant_format: dict[str, Any]
-    threads: int
-    accuracy_measured: bool
-    budget: dict[str, Any]
-    config: dict[str, Any]
-    executor: str  # "ray" | "serial": how the variants were built
-    build_wall_s: float  # building every variant (the parallel part)
-    measure_wall_s: float  # measuring them side by side (always serial)
-    variants: list[VariantResult]
-    pareto: list[str]  # names of the Pareto-optimal variants (batch-32 p50 latency vs accuracy)
-    chosen: str | None = None  # fastest feasible variant (same rule as quantize)
-    notes: list[str] = field(default_factory=list)
-    eval_samples: int = 0
-    created_unix_s: float = 0.0
-    kind: str = "sweep"
-    schema_version: int = SWEEP_SCHEMA_VERSION
-    choice: dict[str, Any] = field(default_factory=dict)  # the rule applied and the tie (optimize.choice)
-
-
-
-def quality(v: VariantResult, labelled: bool) -> float | None:
-    """Higher is better: accuracy change in points, or minus the relative output error in % without labels."""
-    if labelled:
-        return v.accuracy_change_pts
-    return None if v.relative_error is None else -100 * v.relative_error
-
-
-def pareto_front(variants: list[VariantResult], labelled: bool) -> list[str]:
-    """Variants that no other variant beats on both batch-32 p50 latency and quality (ties allowed)."""
-    points = [(v.name, v.latency_b32_p50_ms, quality(v, labelled)) for v in variants
-              if not v.error and v.kind != "pytorch" and v.latency_b32_p50_ms is not None
-              and quality(v, labelled) is not None]
-    front = []
-    for name, lat, q in points:
-        dominated = any(lat2 <= lat and q2 >= q and (lat2 < lat or q2 > q) for _, lat2, q2 in points)
-        if not dominated:
-            front.append(name)
-    return front
 
 
 def _executor(config: SweepConfig) -> str:
@@ -241,8 +193,6 @@ def _sweep(source, inputs, points, notes, executor, model_path, out, variants_di
     for v in report.variants:
         v.extra["pareto"] = v.name in report.pareto
     choose(report)  # quantize's noise-aware rule (optimize.choice)
-    from optimize._sweep_html import render
-
     finish(report, out)
     (out / "report.html").write_text(render(report))
     return report

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from optimize.jobs._artifacts import store_artifact
 from optimize.jobs._observe import Step, decide, not_submitted
+from optimize.jobs._watcher import ensure_running
 from optimize.jobs.executor import MISSING, ClusterUnreachable, RayJobs, RayStatus, fits_on_some_node
 from optimize.jobs.hooks import fire
 from optimize.jobs.models import (
@@ -159,8 +160,6 @@ class JobService:
         self.store.update_run(run.id, submitted_at=time.time())
         self.dispatch_hooks()
         if self.watcher:
-            from optimize.jobs._watcher import ensure_running  # lazy: `python -m` of that module imports us
-
             ensure_running(self.root)
         return self.wait(run.id, wait_timeout_s) if wait else self.store.get_run(run.id)
 

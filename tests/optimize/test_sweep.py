@@ -4,9 +4,10 @@ import re
 
 import pytest
 
+from optimize._sweep_report import SweepReport, pareto_front
 from optimize.cli import main
 from optimize.report import VariantResult
-from optimize.sweep import SweepConfig, SweepReport, grid, pareto_front, sweep
+from optimize.sweep import SweepConfig, grid, sweep
 from optiserve.errors import UserError
 
 
