@@ -9,8 +9,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
+from optiserve.config import read_mapping
 from optiserve.errors import UserError
 
 # Approximate on-demand prices (USD per replica-hour), AWS us-east-1 list prices at the time of writing:
@@ -48,17 +47,9 @@ class PriceTable:
     @classmethod
     def load(cls, path: str | Path) -> PriceTable:
         """Defaults overridden by a YAML mapping `kind: price_per_hour` (optionally under `price_per_hour:`)."""
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"price table {path} does not exist.")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"price table {path} is not valid YAML ({exc}).") from None
-        if isinstance(data, dict) and isinstance(data.get("price_per_hour"), dict):
+        data = read_mapping(path, "price table", "cpu-1: 0.05")
+        if isinstance(data.get("price_per_hour"), dict):
             data = data["price_per_hour"]
-        if not isinstance(data, dict):
-            raise UserError(f"price table {path} must map replica kinds to prices per hour.")
         return cls({**DEFAULT_PRICES_PER_HOUR, **{str(k): v for k, v in data.items()}})
 
 

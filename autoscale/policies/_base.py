@@ -12,8 +12,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from optiserve.config import read_mapping
 from optiserve.errors import UserError
 
 
@@ -79,16 +78,7 @@ class PolicyConfig:
 
 
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML ({exc}).") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of settings.")
-    return data
+    return read_mapping(path, "config file", "adaptive: {target_utilization: 0.7}")
 
 
 def windowed_max(history: list, t: float, value: int, window_s: float, bucket_s: float = 1.0) -> tuple[int, list]:

@@ -9,24 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from optimize.jobs.models import Compute, Hook, Job, LogSettings, Recipe, parse_duration_s
+from optiserve.config import read_mapping
 from optiserve.errors import UserError
 
 
 def load_spec(path: Path | None) -> dict:
     if path is None:
         return {}
-    try:
-        data = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
-    except FileNotFoundError:
-        raise UserError(f"job spec {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"job spec {path} is not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"job spec {path} must be a mapping of fields (recipe, env, args, compute, hooks, ...)")
-    return data
+    return read_mapping(path, "job spec", "recipe: {command: quantize}")
 
 
 def _typed(value: str):
