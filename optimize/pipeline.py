@@ -31,6 +31,7 @@ from optiserve.data import (
     specs_from_data,
 )
 from optiserve.errors import UserError
+from optiserve.hashing import sha256_file
 
 Progress = Callable[[str], None]
 
@@ -157,6 +158,7 @@ class VariantSet:
         self.results: dict[str, VariantResult] = {}
         self.paths: dict[str, Path] = {}
         self.notes: list[str] = list(notes or [])
+        self._digests: dict[str, str] = {}
 
     def add(self, result: VariantResult, make: Callable[[], Path] | Path | None = None) -> VariantResult:
         """Record a variant; `make` is its file, or a builder called now (its stdout, e.g. onnxruntime's
@@ -169,9 +171,18 @@ class VariantSet:
             if make is not None:
                 self.paths[result.name] = Path(make)
                 result.path = str(Path(make).relative_to(self.root))
+                self._note_if_identical(result)
         except Exception as exc:  # one failed variant must not sink the others; the report says why
             result.error = _error(exc)
         return result
+
+    def _note_if_identical(self, result: VariantResult) -> None:
+        """Two recipes can give the same bytes (e.g. calibrations that agree): say so rather than offer a choice."""
+        digest = self._digests[result.name] = sha256_file(self.paths[result.name])
+        twin = next((n for n, d in self._digests.items() if n != result.name and d == digest), None)
+        if twin is not None:
+            result.extra["identical_to"] = twin
+            self.notes.append(f"{result.name} is byte-identical to {twin}: the two recipes gave the same model")
 
     def ordered(self) -> list[VariantResult]:
         """PyTorch eager first (the reference), then the variants in the order they were added."""

@@ -43,6 +43,13 @@ def test_every_variant_is_built_and_measured(mlp_report):
     assert report.accuracy_measured and report.export["max_abs_diff"] < 1e-3
 
 
+def test_each_calibration_gives_its_own_model(mlp_report):
+    out, report = mlp_report
+    static = [report.variant(f"static-int8-{m}") for m in ("minmax", "entropy", "percentile")]
+    assert len({(out / v.path).read_bytes() for v in static}) == 3  # entropy used to equal min-max byte for byte
+    assert not any("identical_to" in v.extra for v in static)
+
+
 def test_int8_is_smaller_and_agrees_with_fp32(mlp_report):
     _, report = mlp_report
     for v in report.variants:
