@@ -117,7 +117,45 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--address", help="existing Ray cluster (default: an embedded one, stopped at the end)")
     c.add_argument("--out", default="build/loadtest/capacity")
     c.set_defaults(func=_capacity)
+
+    s = add("replica-start", "Measure what a replica start costs (scaling decision to first request served) and "
+            "the first request after scale to zero; record it in a profile's replica_start_s.",
+            "  loadtest replica-start --repository build/demo/repository --model digits-mlp --starts 3 --cold 2 \\\n"
+            "      --profile-out build/lt/profile.json\n"
+            "  autoscale compare --profile build/lt/profile.json   # simulate with the measured start\n")
+    s.add_argument("--repository", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--starts", type=int, default=3, help="replica starts to measure, one at a time (default 3)")
+    s.add_argument("--cold", type=int, default=0,
+                   help="scale-from-zero tries (min_replicas 0; each waits for the idle replica to go; default 0)")
+    s.add_argument("--high-rps", type=float, default=10.0,
+                   help="probe load that makes the policy ask for a second replica (default 10)")
+    s.add_argument("--profile", help="profile to start from (default: the shipped one)")
+    s.add_argument("--profile-out", required=True,
+                   help="where to write the profile with replica_start_s = the measured median")
+    s.add_argument("--out", default="build/loadtest/replica-start", help="folder for replica_start.json")
+    s.set_defaults(func=_replica_start)
     return parser
+
+
+def _replica_start(args) -> int:
+    from ._start_probe import run_start_probe
+
+    if args.starts < 0 or args.cold < 0 or args.high_rps <= 0:
+        raise UserError("--starts and --cold must be >= 0 and --high-rps positive.")
+    res = run_start_probe(args.repository, args.model, starts=args.starts, cold=args.cold,
+                          profile_in=args.profile, profile_out=args.profile_out, work_dir=args.out,
+                          high_rps=args.high_rps)
+    if "replica_start" in res:
+        s = res["replica_start"]
+        bound = " (to RUNNING only: no first request logged)" if s["lower_bound"] else ""
+        print(f"replica start, decision -> first request served{bound}: median {s['median_s']:.2f} s, "
+              f"min {s['min_s']:.2f}, max {s['max_s']:.2f} over {s['n']} starts (to initialized: median "
+              f"{s['median_to_running_s']:.2f} s); recorded in {res['profile']}")
+    if "cold_start_sentence" in res:
+        print(res["cold_start_sentence"])
+    print(f"data: {Path(args.out) / 'replica_start.json'}")
+    return EXIT_OK
 
 
 def _cost_model(args):
