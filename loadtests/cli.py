@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  loadtest validate --repository build/demo/repository --model digits-mlp --policy slo \\\n"
             "      --policy-config build/lt/capacity/autoscaling.yaml --shape step --duration 2m \\\n"
             "      --trace-param base_rps=10 --trace-param peak_rps=80 --slo-p95-ms 100\n")
-    v.add_argument("--policy", required=True, help="queue, target-tracking, slo or predictive")
+    v.add_argument("--policy", required=True, help="adaptive, queue, target-tracking, slo or predictive")
     v.add_argument("--policy-config", help="policy YAML (e.g. the autoscaling.yaml `loadtest capacity` writes)")
     v.add_argument("--repository", required=True)
     v.add_argument("--model", required=True)
@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-batch-size", type=int, default=8)
     v.add_argument("--batch-wait-ms", type=float, default=2.0)
     v.add_argument("--profile", help="model profile for the simulator (default: measured from model.onnx)")
-    v.add_argument("--replica-start-s", type=float, default=3.0, help="replica start time for the simulator")
+    v.add_argument("--replica-start-s", type=float,
+                   help="replica start time for the simulator (default: the profile's replica_start_s, as the "
+                   "live policy reads it; measure it with `loadtest replica-start`)")
     v.add_argument("--no-calibrate", action="store_true",
                    help="simulate with onnxruntime's latency alone (default: add the measured HTTP overhead)")
     _add_trace(v, "step", "2m")
@@ -214,7 +216,7 @@ def _run(args) -> int:
 
 def _validate(args) -> int:
     from autoscale.policies import load_policy_config
-    from autoscale.profile import ModelProfile, measure_profile
+    from autoscale.profile import ModelProfile, measure_profile, replica_start_s_of
     from autoscale.simulator import SimConfig, simulate
     from optiserve.repository import list_versions, version_dir
 
@@ -232,10 +234,14 @@ def _validate(args) -> int:
         raise UserError(f"model {args.model!r} has no published version in {args.repository}.")
     if args.profile:
         profile = ModelProfile.load(args.profile)
+        if args.replica_start_s is not None:
+            profile = ModelProfile.from_dict({**profile.to_dict(), "replica_start_s": args.replica_start_s})
     else:
         print("measuring the model's latency profile for the simulator ...")
         profile = measure_profile(version_dir(Path(args.repository), args.model, versions[-1]) / "model.onnx",
-                                  replica_start_s=args.replica_start_s, max_batch_size=args.max_batch_size,
+                                  replica_start_s=(args.replica_start_s if args.replica_start_s is not None
+                                                   else replica_start_s_of(getattr(policy_cfg, "profile_path", None))),
+                                  max_batch_size=args.max_batch_size,
                                   batch_wait_ms=args.batch_wait_ms, repeats=10)
     serve_cfg = write_serve_config(out / "serve.yaml", args.model, max_batch_size=args.max_batch_size,
                                    batch_wait_timeout_ms=args.batch_wait_ms)
