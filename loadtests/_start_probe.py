@@ -165,6 +165,17 @@ def measure(repository: str | Path, model: str, *, starts: int, cold: int, work_
     return {"timelines": tls, "first_request_ms": first_ms, "warm_ms": warm_ms}
 
 
+def _model_profile(repository: str | Path, model: str):
+    """The served model's own latency curve (onnxruntime, one thread), to record the start time into."""
+    from autoscale.profile import measure_profile
+    from optiserve.repository import list_versions, version_dir
+
+    versions = list_versions(Path(repository), model)
+    if not versions:
+        raise UserError(f"model {model!r} has no published version in {repository}.")
+    return measure_profile(version_dir(Path(repository), model, versions[-1]) / "model.onnx", repeats=10)
+
+
 def run_start_probe(repository: str | Path, model: str, *, starts: int, cold: int, profile_in: str | Path | None,
                     profile_out: str | Path | None, work_dir: str | Path, high_rps: float = 10.0,
                     progress=print) -> dict:
@@ -172,7 +183,7 @@ def run_start_probe(repository: str | Path, model: str, *, starts: int, cold: in
     import json
     import os
 
-    from autoscale.profile import DEFAULT_PROFILE_PATH, ModelProfile
+    from autoscale.profile import ModelProfile
     from autoscale.startcost import cold_start_report, record_start_cost, start_samples, summarize_starts
 
     from ._serve_probe import connect_ray, stop_model
@@ -198,7 +209,7 @@ def run_start_probe(repository: str | Path, model: str, *, starts: int, cold: in
         if of_kind:
             result[f"replica_start_{kind.replace('-', '_')}"] = summarize_starts(of_kind).to_dict()
     if profile_out:
-        prof = ModelProfile.load(profile_in or DEFAULT_PROFILE_PATH)
+        prof = ModelProfile.load(profile_in) if profile_in else _model_profile(repository, model)
         prof = record_start_cost(prof, summary, source=f"loadtest replica-start {model} ({summary.n} starts)")
         prof.save(profile_out)
         result["profile"] = str(profile_out)

@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale-from-zero tries (min_replicas 0; each waits for the idle replica to go; default 0)")
     s.add_argument("--high-rps", type=float, default=10.0,
                    help="probe load that makes the policy ask for a second replica (default 10)")
-    s.add_argument("--profile", help="profile to start from (default: the shipped one)")
+    s.add_argument("--profile", help="profile to record the start into (default: the model's own, measured now)")
     s.add_argument("--profile-out", required=True,
                    help="where to write the profile with replica_start_s = the measured median")
     s.add_argument("--out", default="build/loadtest/replica-start", help="folder for replica_start.json")
