@@ -38,6 +38,7 @@ class Cluster:
     address: str  # GCS address, e.g. 127.0.0.1:6379, for ray.init(address=...)
     dashboard_url: str | None  # Ray Jobs API endpoint; None when unknown (external cluster)
     pid: int | None = None  # the `ray start --block` process we own; None for external clusters
+    env: dict[str, str] | None = None  # extra environment the head was started with (Ray reads flags from it)
 
     @property
     def owned(self) -> bool:
@@ -95,8 +96,14 @@ def use_token_auth_if_available() -> None:
         logger.setLevel(level)
 
 
-def ensure_cluster(address: str | None = None, num_cpus: int = DEFAULT_NUM_CPUS, timeout_s: float = 60) -> Cluster:
-    """Return a running cluster: the given/RAY_ADDRESS one, our recorded local head, or a new local head."""
+def ensure_cluster(
+    address: str | None = None, num_cpus: int = DEFAULT_NUM_CPUS, timeout_s: float = 60,
+    env: dict[str, str] | None = None,
+) -> Cluster:
+    """Return a running cluster: the given/RAY_ADDRESS one, our recorded local head, or a new local head.
+
+    `env` is added to a new head's environment, which every Ray process on it inherits (Ray Serve reads its
+    feature flags there, at import); a recorded head keeps the environment it started with (see `Cluster.env`)."""
     use_token_auth_if_available()  # the head we may start and every client of it must agree on auth
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -120,8 +127,10 @@ def ensure_cluster(address: str | None = None, num_cpus: int = DEFAULT_NUM_CPUS,
         *(f"{flag}={port}" for flag, port in ports.items()),
     ]
     log = open(directory / "ray-head.log", "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    cluster = Cluster(address=f"127.0.0.1:{gcs}", dashboard_url=f"http://127.0.0.1:{dash}", pid=proc.pid)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+    cluster = Cluster(address=f"127.0.0.1:{gcs}", dashboard_url=f"http://127.0.0.1:{dash}", pid=proc.pid,
+                      env=dict(env) if env else None)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

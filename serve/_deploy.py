@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from optiserve.errors import UserError
 from optiserve.ray_cluster import state_dir
 from optiserve.repository import list_models, list_versions
-from serve import _session
+from serve import _ingress, _session
 from serve.config import ServeConfig, load_config
 
 SERVE_STATE_FILE = "serve.json"
@@ -32,6 +33,8 @@ class AppInfo:
     address: str | None = None  # the Ray cluster (GCS address)
     host: str = "127.0.0.1"
     port: int = 8000
+    ingress: str = "proxy"  # the front end serving `port`: haproxy (direct ingress) or proxy (Serve's Python proxy)
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. the fast path is not active)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -68,10 +71,11 @@ def plan(repository: Path, cfg: ServeConfig) -> tuple[dict[str, str], dict[str, 
 
 
 def model_app_args(repository: Path, name: str, cfg: ServeConfig, token_sha256: str | None,
-                   autoscaling: dict[str, Any] | None = None) -> dict[str, Any]:
+                   autoscaling: dict[str, Any] | None = None, ingress: str | None = None) -> dict[str, Any]:
     args = {
         "repository": str(Path(repository).resolve()), "model": name, "model_config": cfg.for_model(name).model_dump(),
         "token_sha256": token_sha256, "max_body_bytes": cfg.max_body_bytes, "poll_interval_s": cfg.poll_interval_s,
+        "ingress": ingress or _ingress.chosen_ingress(cfg.ingress),
     }
     if autoscaling:
         args["autoscaling_config"] = autoscaling
@@ -82,7 +86,8 @@ def serve_config(repository: Path, cfg: ServeConfig, *, host: str = "127.0.0.1",
                  autoscaling: dict[str, Any] | None = None) -> dict[str, Any]:
     """A Ray Serve config file (for `serve deploy`, KubeRay's RayService) deploying this application.
 
-    The repository path must be readable at the same place on every node (a shared volume)."""
+    The repository path must be readable at the same place on every node (a shared volume). Replica-side
+    settings travel in each model's runtime_env; the HAProxy front end is a cluster setting (`cluster_env_comment`)."""
     from serve.app import SERVER_APP, model_app_name, model_route
 
     served, _ = plan(repository, cfg)
@@ -98,16 +103,40 @@ def serve_config(repository: Path, cfg: ServeConfig, *, host: str = "127.0.0.1",
     return {"proxy_location": "EveryNode", "http_options": {"host": host, "port": port}, "applications": apps}
 
 
-def _connect(address: str | None) -> str | None:
+def cluster_env_comment(cfg: ServeConfig) -> str:
+    """YAML comment lines naming the environment the Ray head must have for the configured front end."""
+    ingress = _ingress.chosen_ingress(cfg.ingress)
+    if ingress == "proxy":
+        return "# ingress: proxy (Ray Serve's Python proxy); no cluster environment needed.\n"
+    flags = " ".join(f"{k}={v}" for k, v in _ingress.FAST_PATH_FLAGS.items())
+    return (
+        "# ingress: haproxy. Ray Serve reads this front end from the Ray head's environment, not from this file:\n"
+        f"#   start the head with: {flags} ray start --head ...\n"
+        "#   (KubeRay RayService: put them in the head and worker containers' env). Without them the same\n"
+        "#   applications are served through Ray Serve's Python proxy.\n"
+    )
+
+
+def _connect(address: str | None, ingress: str) -> tuple[str | None, str]:
+    """Join or start the cluster; returns its address and the front end it will really serve with."""
+    import os
+
     import ray
 
-    if ray.is_initialized():  # the caller (a test, a notebook) already chose a cluster
-        return ray.get_runtime_context().gcs_address
-    from optiserve.ray_cluster import ensure_cluster
+    if ray.is_initialized():  # the caller (a test, a notebook) already chose a cluster, started from its env
+        return ray.get_runtime_context().gcs_address, _active(os.environ)
+    from optiserve.ray_cluster import ensure_cluster, free_port, state_dir
 
-    cluster = ensure_cluster(address)
+    key = f"{state_dir()}:{os.getpid()}:{time.time_ns()}"
+    cluster = ensure_cluster(address, env=_ingress.cluster_env(ingress, key, free_port))
     ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
-    return cluster.address
+    if cluster.owned:
+        return cluster.address, _active(cluster.env or {})
+    return cluster.address, _active(os.environ)  # an external cluster: its head's env is its operator's choice
+
+
+def _active(environ) -> str:
+    return "haproxy" if _ingress.fast_path_active(environ) else "proxy"
 
 
 def _check_gpus(served: dict[str, str], cfg: ServeConfig) -> None:
@@ -146,6 +175,10 @@ def start_app(
     from serve.app import SERVER_APP, model_app, model_app_name, model_route, server_app
 
     cfg = load_config(config_path)
+    try:
+        ingress = _ingress.chosen_ingress(cfg.ingress)
+    except ValueError as exc:
+        raise UserError(f"{_ingress.INGRESS_ENV}: {exc}") from None
     token = cfg.token_sha256()
     served, skipped = plan(Path(repository), cfg)
     if not served:
@@ -158,13 +191,19 @@ def start_app(
         autoscaling = build_autoscaling_config(
             autoscaling_policy, str(autoscaling_config) if autoscaling_config else None, min_replicas, max_replicas
         )
-    cluster_address = _connect(address)
+    cluster_address, active = _connect(address, ingress)
+    notes = []
+    if active != ingress:
+        flags = " ".join(f"{k}={v}" for k, v in _ingress.FAST_PATH_FLAGS.items())
+        notes.append(f"ingress {ingress} was asked for but this Ray cluster's head runs without its settings (it was "
+                     f"started earlier or elsewhere), so Ray Serve's Python proxy serves: `modelserve stop` the local "
+                     f"head and start again, or start the cluster's head with {flags}")
     _check_gpus(served, cfg)
     if not _serve_running() and not _port_free(host, port):
         raise UserError(f"port {port} on {host} is in use: choose another with --port")
     rs.start(http_options={"host": host, "port": port})
     targets = [
-        rs.RunTarget(target=model_app(model_app_args(repository, name, cfg, token, autoscaling)),
+        rs.RunTarget(target=model_app(model_app_args(repository, name, cfg, token, autoscaling, active)),
                      name=model_app_name(name), route_prefix=model_route(name))
         for name in served
     ]
@@ -180,7 +219,8 @@ def start_app(
     base = f"http://{host}:{port}"
     urls = {"server": f"{base}/v2", "openapi": f"{base}/openapi.json", "docs": f"{base}/docs"}
     urls.update({name: base + model_route(name) for name in served})
-    info = AppInfo(urls=urls, models=served, skipped=skipped, address=cluster_address, host=host, port=port)
+    info = AppInfo(urls=urls, models=served, skipped=skipped, address=cluster_address, host=host, port=port,
+                   ingress=active, notes=notes)
     (state_dir() / SERVE_STATE_FILE).write_text(info.to_json())
     return info
 

@@ -17,6 +17,7 @@ from typing import Any
 from ray import serve as rs
 
 from serve._http import build_model_app, build_server_app
+from serve._ingress import replica_env
 from serve._model import ModelRuntime
 from serve.config import ModelConfig
 
@@ -134,10 +135,16 @@ def _all_running(models: list[str]) -> bool:
     )
 
 
-def deployment_options(cfg: ModelConfig, autoscaling: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Ray Serve options of a model's deployment: resources, replicas or autoscaling, queue bounds."""
+def deployment_options(cfg: ModelConfig, autoscaling: dict[str, Any] | None = None,
+                       ingress: str = "proxy") -> dict[str, Any]:
+    """Ray Serve options of a model's deployment: resources, replicas or autoscaling, queue bounds, and the
+    replica-side flags of the front end (serve/_ingress.py) in its runtime_env."""
+    actor: dict[str, Any] = {"num_cpus": cfg.cpus, "num_gpus": cfg.gpus}
+    env = replica_env(ingress)
+    if env:
+        actor["runtime_env"] = {"env_vars": env}
     opts: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": cfg.cpus, "num_gpus": cfg.gpus},
+        "ray_actor_options": actor,
         # Let enough requests reach a replica to fill batches; the replica's own bounded queue answers
         # 503 beyond max_queue, and Serve's handle queue is bounded too, so nothing queues without limit.
         "max_ongoing_requests": cfg.max_queue + 2 * cfg.max_batch_size,
@@ -156,7 +163,7 @@ def deployment_options(cfg: ModelConfig, autoscaling: dict[str, Any] | None = No
 def model_app(args: dict[str, Any]):
     """Ray Serve application builder for one model (import path `serve.app:model_app`)."""
     cfg = ModelConfig(**args.get("model_config", {}))
-    options = deployment_options(cfg, args.get("autoscaling_config"))
+    options = deployment_options(cfg, args.get("autoscaling_config"), args.get("ingress", "proxy"))
     return ModelServer.options(**options).bind(
         str(args["repository"]), args["model"], cfg.model_dump(), args.get("token_sha256"),
         int(args.get("max_body_bytes", 8 << 20)), float(args.get("poll_interval_s", 5.0)),

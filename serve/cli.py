@@ -177,8 +177,10 @@ def _start(args: argparse.Namespace) -> int:
         print(f"serving {name} (version {version}) at {info.urls[name]}")
     for name, reason in sorted(info.skipped.items()):
         print(f"not serving {name}: {reason}", file=sys.stderr)
+    for note in info.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"server metadata: {info.urls['server']}   OpenAPI: {info.urls['openapi']}   docs: {info.urls['docs']}")
-    print(f"Ray cluster: {info.address}   stop with: modelserve stop")
+    print(f"Ray cluster: {info.address}   front end: {info.ingress}   stop with: modelserve stop")
     return 0
 
 
@@ -248,9 +250,11 @@ def _config(args: argparse.Namespace) -> int:
     import yaml
 
     from serve import load_config, serve_config
+    from serve._deploy import cluster_env_comment
 
-    text = yaml.safe_dump(serve_config(args.repository, load_config(args.config), host=args.host, port=args.port),
-                          sort_keys=False)
+    cfg = load_config(args.config)
+    text = cluster_env_comment(cfg) + yaml.safe_dump(
+        serve_config(args.repository, cfg, host=args.host, port=args.port), sort_keys=False)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(text)

