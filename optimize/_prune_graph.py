@@ -7,7 +7,8 @@ exported graph ("modulize"): every `aten.linear` / `aten.convNd` / `aten.batch_n
 weights are graph attributes becomes a call to an nn.Linear / nn.ConvNd / nn.BatchNormNd / nn.LayerNorm named
 after the original PyTorch module (`features.0`), holding the same tensors. Everything else in the graph
 (residual adds, flatten, pooling, activations) stays as it is, and Torch-Pruning follows it through autograd.
-TorchScript modules are opaque to this and cannot be pruned.
+A TorchScript module is first traced into the same kind of aten graph (`trace_script`); ONNX files are not
+prunable here yet.
 """
 
 from __future__ import annotations
@@ -26,18 +27,44 @@ _BATCHNORMS = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.Ba
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def prunable_module(source: SourceModel) -> nn.Module:
-    """A fresh, independent nn.Module for `source` that Torch-Pruning can prune (refusing what it cannot)."""
+def prunable_module(source: SourceModel, example: tuple[torch.Tensor, ...] | None = None) -> nn.Module:
+    """A fresh, independent nn.Module for `source` that Torch-Pruning can prune (refusing what it cannot).
+    A TorchScript module is traced on `example` first (without it, only whether it can be pruned is checked)."""
     if source.kind == "exported":
         return modulize(source.program.module())
     if source.kind == "pickle":
         return copy.deepcopy(source.module).eval()
-    what = "a TorchScript module" if source.kind == "torchscript" else "an ONNX model"
+    if source.kind == "torchscript":
+        return modulize(trace_script(source.module, example)) if example is not None else source.module
     raise UserError(
-        f"{source.path.name} is {what}, whose layers cannot be pruned (they are compiled, not nn.Modules): give "
-        "the torch.export .pt2 of the model (torch.export.save(torch.export.export(model, (example,)), "
+        f"{source.path.name} is an ONNX model, whose layers cannot be pruned here yet: give the TorchScript .pt "
+        "or torch.export .pt2 of the model (torch.export.save(torch.export.export(model, (example,)), "
         "'model.pt2')), or a pickled nn.Module with --allow-pickle"
     )
+
+
+def trace_script(module: torch.jit.ScriptModule, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
+    """The aten graph a TorchScript module runs on `example` (make_fx traces through the TorchScript interpreter),
+    with its weights renamed after the module's own parameters (`features.0.weight`), so `modulize` can rebuild
+    layers named like the original ones."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with torch.no_grad():
+        gm = make_fx(lambda *xs: module(*xs), pre_dispatch=True)(*example)  # keeps aten.linear, not addmm
+    names: dict[int, str] = {}
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        names.setdefault(tensor.data_ptr(), name)
+    arg_names = iter(a.name for a in module.forward.schema.arguments[1:])  # after self: the model's input names
+    root = nn.Module()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":  # make_fx calls them arg0_1, ...; exports and data go by the real names
+            node.target = node.name = next(arg_names, node.target)
+        elif node.op == "get_attr":
+            value = getattr(gm, node.target)
+            node.target = names.get(value.data_ptr(), node.target)
+            if not _has(root, node.target):
+                _set(root, node.target, value)
+    return fx.GraphModule(root, gm.graph)
 
 
 def _tensor(gm: nn.Module, node: fx.Node | None) -> torch.Tensor | None:
@@ -67,6 +94,13 @@ def _layer(gm: nn.Module, node: fx.Node) -> tuple[nn.Module, fx.Node, list[fx.No
     if target == _aten.linear.default:
         w, b = _tensor(gm, args[1]), _tensor(gm, args[2])
         layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+    elif target in (_aten._convolution.default, _aten.convolution.default):  # what TorchScript's convs run
+        w, b = _tensor(gm, args[1]), _tensor(gm, args[2])
+        if args[6] or w.dim() - 2 not in (1, 2, 3):  # transposed
+            raise _Keep()
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[w.dim() - 3]
+        layer = conv(w.shape[1] * args[8], w.shape[0], tuple(w.shape[2:]), stride=args[3], padding=args[4],
+                     dilation=args[5], groups=args[8], bias=b is not None)
     elif target in _CONVS:
         w, b = _tensor(gm, args[1]), _tensor(gm, args[2])
         stride, padding, dilation = (args[i] if args[i] is not None else d for i, d in ((3, 1), (4, 0), (5, 1)))

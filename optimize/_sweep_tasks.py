@@ -51,8 +51,8 @@ def prepare(model_path: str, ratio: float, prune: dict[str, Any], settings: RunS
             from optimize.prune import finetune as tune
 
             config = PruneConfig(ratio=ratio, **prune)
-            base = prunable_module(source)
             example = _example(inputs)
+            base = prunable_module(source, example)
             model = _apply(base, ratio, config, inputs, example)
             if finetune and config.epochs:
                 data = bind(load_dataset(Path(finetune), "fine-tuning data", settings.data), inputs.specs,

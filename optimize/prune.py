@@ -287,8 +287,9 @@ def _prune(model_path: Path, out: Path, config: PruneConfig, calibration_path: P
     source = load_model(Path(model_path), config.allow_pickle)
     from optimize._prune_graph import prunable_module
 
-    base = prunable_module(source)
+    prunable_module(source)  # refuse what cannot be pruned before reading any data
     inputs = resolve_inputs(source, config, calibration_path, eval_path)
+    base = prunable_module(source, _example(inputs))
     tune = bind(load_dataset(finetune_path, "fine-tuning data", config.data), inputs.specs, "fine-tuning data") \
         if finetune_path else None
     if config.epochs and tune is None:

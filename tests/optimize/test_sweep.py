@@ -88,9 +88,12 @@ def test_report_json_and_self_contained_html(serial_sweep):
     assert page.count("<tr class=") == len(report.variants) and page.count("<td>★</td>") == len(report.pareto)
 
 
-def test_cli_sweep_refuses_pruning_torchscript(examples_dir, tmp_path, capsys):
-    mlp = examples_dir / "mlp"
-    assert main(["sweep", str(mlp / "model.pt"), "--prune-ratios", "0,0.5", "--out", str(tmp_path)]) == 2
+def test_cli_sweep_refuses_pruning_onnx(tmp_path, capsys):
+    import torch
+
+    model = tmp_path / "linear.onnx"
+    torch.onnx.export(torch.nn.Linear(64, 10), (torch.zeros(1, 64),), str(model), dynamo=False)
+    assert main(["sweep", str(model), "--prune-ratios", "0,0.5", "--out", str(tmp_path / "out")]) == 2
     assert "cannot be pruned" in capsys.readouterr().err
 
 
