@@ -18,7 +18,8 @@ EXAMPLES = """\
       --out build/q
   optimize quantize model.pt --eval-data test.parquet --feature-columns f1,f2,f3 --label-column y --out build/q
   optimize quantize model.onnx --eval-data data.npz --inputs input=X --labels y --out build/q
-exit codes: 0 a quantized variant met the budget and was chosen, 1 none did (model.onnx is fp32), 2 usage error
+exit codes: 0 a variant within the budget beats fp32 beyond the measured noise and was chosen (the rule:
+  optimize/choice.py), 1 none does (model.onnx is fp32), 2 usage error
 """
 
 
