@@ -39,7 +39,7 @@ def kind_order(cpu: CpuInfo | None, has_conv: bool) -> tuple[str, ...]:
     fp16 on a CPU mostly runs through casts unless it has native fp16 arithmetic (ARM asimdhp, AVX-512 FP16)."""
     int8 = ("static", "dynamic") if has_conv else ("dynamic", "static")
     native_fp16 = cpu is not None and any(f in cpu.features for f in ("asimdhp", "avx512fp16"))
-    return (*int8, "graph-optimized", "pruned", *(("fp16", "fp32") if native_fp16 else ("fp32", "fp16")))
+    return (*int8, "graph-optimized", *(("fp16", "fp32") if native_fp16 else ("fp32", "fp16")))
 
 
 def speed_vs(base: VariantResult, other: VariantResult, batch: int = 32) -> Ratio | None:
