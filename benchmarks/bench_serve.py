@@ -1,37 +1,76 @@
-"""Serving benchmark: in-process onnxruntime vs a plain Ray Serve deployment vs optiserve, equal concurrency.
+"""Serving benchmark: optiserve (HAProxy direct ingress) vs its previous path vs its peers, with wrk as the load.
 
-One run, one Ray instance, one Serve proxy, the same model (the digits MLP: 64 -> 1024 -> 1024 -> 10,
-exported to ONNX) and the same load: CONCURRENCY clients on loopback, each sending one-row KServe v2
-JSON requests back to back, a fixed number of requests, after a warm-up. Candidates are measured in
-interleaved rounds (plain, optiserve, plain, optiserve, ...) so drift on this shared machine hits both.
+One model (the digits MLP: 64 -> 1024 -> 1024 -> 10, exported to ONNX), one request (a batch-1 KServe v2
+JSON body, the same bytes for every server), the same load: `wrk` (C, not the bottleneck) with a Lua
+script posting the body over CONNECTIONS keep-alive connections for DURATION seconds. Candidates are
+measured in interleaved rounds (a, b, c, ..., a, b, c, ...) so drift on a shared machine hits all of them;
+the table gives the median and the range over rounds.
 
-- in-process: CONCURRENCY threads calling one onnxruntime session directly (no HTTP): the limit.
-- plain: the Ray Serve deployment a user writes first: `async def __call__(request)` parses the JSON and
-  calls session.run once per request; Ray Serve defaults (1 replica, max_ongoing_requests 5).
-- plain, 1 onnxruntime thread: the same with intra_op_num_threads=1 (isolates batching from thread settings).
-- optiserve: `serve.start_app` on the same model, 1 replica with the same CPU, dynamic batching.
+Each server runs in its own process (its own Ray cluster where it uses Ray: Ray Serve reads the front end
+from the environment its processes start with, so the two optiserve front ends cannot share one):
+- optiserve: `serve.start_app`, 1 replica, 1 CPU, dynamic batching, ingress haproxy (the default);
+- optiserve, Python proxy: the same with `ingress: proxy` (the path before HAProxy direct ingress);
+- plain Ray Serve: the deployment a user writes first (`async def __call__(request)`: parse JSON, session.run),
+  Ray Serve defaults, on the proxy cluster;
+- uvicorn + FastAPI: one process, the same onnxruntime session per request, no batching;
+- Triton: NVIDIA's server from the `nvidia-pytriton` wheel (model in a Python callable running onnxruntime,
+  dynamic batching 32 / 2 ms), when `--triton-python` names a Python that has it (never a project dependency);
+- in-process onnxruntime: CONNECTIONS threads calling one session (no HTTP): the limit.
 
-Usage: python benchmarks/bench_serve.py [--requests 1000] [--concurrency 16] [--rounds 3] [--out build/bench/serve]
+Usage: python benchmarks/bench_serve.py [--duration 10] [--connections 16] [--rounds 3] [--out build/bench/serve]
+       [--triton-python build/triton-venv/bin/python] [--only optiserve,proxy,...]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import os
+import platform
+import re
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = {
+    "optiserve": "optiserve (HAProxy direct ingress)",
+    "proxy": "optiserve, Python proxy (previous path)",
+    "plain": "plain Ray Serve deployment",
+    "uvicorn": "uvicorn + FastAPI, 1 process",
+    "triton": "NVIDIA Triton (pytriton)",
+    "inproc": "in-process onnxruntime (limit)",
+}
+WRK_LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("{body}", "rb")
+wrk.body = f:read("*a")
+f:close()
+"""
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
 def build_model(out: Path) -> Path:
@@ -41,96 +80,68 @@ def build_model(out: Path) -> Path:
     from optimize.examples import DigitsMLP
     from optiserve.repository import publish
 
+    repo = out / "repo"
+    if (repo / "mlp" / "1" / "model.onnx").exists():
+        return repo
     torch.manual_seed(0)
     model = DigitsMLP().eval()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "mlp.onnx"
     torch.onnx.export(model, (torch.zeros(2, 64),), str(path), input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    publish(path, out / "repo", "mlp")
-    return out / "repo"
+    publish(path, repo, "mlp")
+    return repo
 
 
-def summary(latencies_s: list[float], wall_s: float) -> dict[str, float]:
-    ms = np.array(latencies_s) * 1000
-    return {"requests": len(ms), "throughput_rps": len(ms) / wall_s, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99))}
-
-
-def bench_in_process(model_path: Path, requests: int, concurrency: int) -> dict[str, float]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+def request_body() -> bytes:
     x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
-    latencies: list[float] = []
-    lock = threading.Lock()
-    counter = iter(range(requests))
-
-    def worker():
-        while True:
-            with lock:
-                if next(counter, None) is None:
-                    return
-            t = time.perf_counter()
-            session.run(None, {"input": x})
-            with lock:
-                latencies.append(time.perf_counter() - t)
-
-    for _ in range(50):
-        session.run(None, {"input": x})
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return summary(latencies, time.perf_counter() - start)
+    return json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                   "data": [round(float(v), 6) for v in x.ravel()]}]}).encode()
 
 
-async def _load(url: str, body: dict, requests: int, concurrency: int, warmup: int) -> dict[str, float]:
-    import httpx
+# ---- servers (each runs in its own process: `bench_serve.py --serve KIND ...`) ------------------------------
 
-    payload = json.dumps(body).encode()
-    headers = {"content-type": "application/json"}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        for _ in range(warmup):
-            (await client.post(url, content=payload, headers=headers)).raise_for_status()
-        latencies: list[float] = []
-        errors = 0
-        remaining = requests
-
-        async def worker():
-            nonlocal remaining, errors
-            while remaining > 0:
-                remaining -= 1
-                t = time.perf_counter()
-                r = await client.post(url, content=payload, headers=headers)
-                latencies.append(time.perf_counter() - t)
-                errors += r.status_code != 200
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        result = summary(latencies, time.perf_counter() - start)
-        result["errors"] = errors
-        return result
+def _wait_forever() -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("READY", flush=True)
+    while not stop.is_set() and sys.stdin.readline():  # the parent closes stdin (or signals) to stop us
+        pass
 
 
-def deploy_plain(model_path: Path, name: str = "plain", threads: int | None = None) -> None:
+def serve_ray(kind: str, repo: Path, port: int, out: Path) -> None:
+    import ray
+
+    import serve
+    from serve import _ingress
+
+    ingress = "haproxy" if kind == "optiserve" else "proxy"
+    os.environ.update(_ingress.cluster_env(ingress, f"bench:{os.getpid()}", free_port))  # the local head inherits it
+    config = out / f"serve-{ingress}.yaml"
+    config.write_text(f"ingress: {ingress}\ndefaults: {{max_batch_size: 32, batch_wait_timeout_ms: 2, cpus: 1, "
+                      "max_queue: 1024}\n")
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        info = serve.start_app(repo, port=port, config_path=config)
+        assert info.ingress == ingress, info
+        if kind == "proxy":
+            deploy_plain(repo / "mlp" / "1" / "model.onnx")
+        _wait_forever()
+    finally:
+        serve.stop_app()
+        ray.shutdown()
+
+
+def deploy_plain(model_path: Path) -> None:
     from ray import serve as rs
     from starlette.requests import Request
 
     @rs.deployment
     class Plain:
-        def __init__(self, path: str, threads: int | None) -> None:
+        def __init__(self, path: str) -> None:
             import onnxruntime as ort
 
-            opts = ort.SessionOptions()
-            if threads:
-                opts.intra_op_num_threads = threads
-            self.session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
         async def __call__(self, request: Request) -> dict:
             body = await request.json()
@@ -140,71 +151,223 @@ def deploy_plain(model_path: Path, name: str = "plain", threads: int | None = No
             return {"model_name": "mlp", "outputs": [{"name": "logits", "shape": list(out.shape), "datatype": "FP32",
                                                       "data": out.ravel().tolist()}]}
 
-    rs.run(Plain.options(ray_actor_options={"num_cpus": 1}).bind(str(model_path), threads), name=name,
-           route_prefix=f"/{name}")
+    rs.run(Plain.options(ray_actor_options={"num_cpus": 1}).bind(str(model_path)), name="plain", route_prefix="/plain")
+
+
+def serve_uvicorn(model_path: Path, port: int) -> None:
+    import onnxruntime as ort
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    app = FastAPI()
+
+    async def infer(request):  # a plain Starlette endpoint: the raw request, no FastAPI parameter parsing
+        tensor = json.loads(await request.body())["inputs"][0]
+        x = np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])
+        out = session.run(None, {"input": x})[0]
+        return JSONResponse({"model_name": "mlp", "outputs": [
+            {"name": "logits", "shape": list(out.shape), "datatype": "FP32", "data": out.ravel().tolist()}]})
+
+    app.router.add_route("/v2/models/mlp/infer", infer, methods=["POST"])
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+
+    def stop_on_eof() -> None:
+        sys.stdin.read()  # the parent closes stdin to stop us
+        server.should_exit = True
+
+    threading.Thread(target=stop_on_eof, daemon=True).start()
+    server.run()
+
+
+TRITON_SERVER = """
+import sys, numpy as np, onnxruntime as ort
+from pytriton.decorators import batch
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+path, http, grpc, metrics = sys.argv[1], *map(int, sys.argv[2:5])
+opts = ort.SessionOptions(); opts.intra_op_num_threads = 1
+session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+@batch
+def infer(input):
+    return {"logits": session.run(None, {"input": input})[0]}
+with Triton(config=TritonConfig(http_port=http, grpc_port=grpc, metrics_port=metrics)) as triton:
+    triton.bind(model_name="mlp", infer_func=infer, inputs=[Tensor(name="input", dtype=np.float32, shape=(64,))],
+                outputs=[Tensor(name="logits", dtype=np.float32, shape=(10,))],
+                config=ModelConfig(max_batch_size=32, batcher=DynamicBatcher(max_queue_delay_microseconds=2000)))
+    triton.run()
+    print("READY", flush=True)
+    sys.stdin.readline()
+"""
+
+
+# ---- load -----------------------------------------------------------------------------------------------------
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def parse_wrk(output: str) -> dict[str, float]:
+    """req/s, p50/p99 (ms) and failed requests (non-2xx + socket errors) from `wrk --latency` output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    pct = {m.group(1): _ms(m.group(2)) for m in re.finditer(r"^\s+(50|99)%\s+(\S+)", output, re.M)}
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    return {"throughput_rps": rps, "p50_ms": pct.get("50", float("nan")), "p99_ms": pct.get("99", float("nan")),
+            "errors": errors}
+
+
+def run_wrk(url: str, lua: Path, connections: int, duration_s: float, threads: int = 2) -> dict[str, float]:
+    cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration_s:g}s", "--latency",
+           "-s", str(lua), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration_s + 60).stdout
+    return parse_wrk(out)
+
+
+def bench_in_process(model_path: Path, connections: int, duration_s: float) -> dict[str, float]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
+    latencies: list[list[float]] = [[] for _ in range(connections)]
+    deadline = time.perf_counter() + duration_s
+
+    def worker(out: list[float]) -> None:
+        while (t := time.perf_counter()) < deadline:
+            session.run(None, {"input": x})
+            out.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(lat,)) for lat in latencies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ms = np.concatenate([np.array(lat) for lat in latencies]) * 1000
+    return {"throughput_rps": len(ms) / (time.perf_counter() - start), "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "errors": 0}
+
+
+def _start(cmd: list[str], url: str, body: bytes, timeout_s: float = 240) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}")
+        try:
+            req = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+            if urllib.request.urlopen(req, timeout=5).status == 200:
+                return proc
+        except OSError:
+            time.sleep(1)
+    _stop(proc)
+    raise RuntimeError(f"{cmd[:4]} did not answer {url} in {timeout_s:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("build/bench/serve"))
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per candidate and round")
+    parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-wait-ms", type=float, default=2.0)
+    parser.add_argument("--triton-python", help="a Python with nvidia-pytriton installed (its own venv)")
+    parser.add_argument("--only", help="comma-separated subset of: " + ",".join(NAMES))
+    parser.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run one server in this process
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    import ray
-
-    import serve
-    from optiserve.repository import MODEL_FILE, version_dir
-
+    args.out = args.out.resolve()
     repo = build_model(args.out)
-    model_path = version_dir(repo, "mlp", "1") / MODEL_FILE
-    config = args.out / "serve.yaml"
-    config.write_text(f"defaults: {{max_batch_size: {args.max_batch_size}, batch_wait_timeout_ms: {args.batch_wait_ms},"
-                      " cpus: 1, max_queue: 1024}\n")
-    x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
-    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    model_path = repo / "mlp" / "1" / "model.onnx"
+    if args.serve in ("optiserve", "proxy"):
+        return serve_ray(args.serve, repo, args.port, args.out)
+    if args.serve == "uvicorn":
+        return serve_uvicorn(model_path, args.port)
 
-    plain1 = "plain Ray Serve, 1 onnxruntime thread"
-    results: dict[str, list[dict]] = {"in-process onnxruntime": [], "plain Ray Serve": [], plain1: [], "optiserve": []}
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    body = request_body()
+    (args.out / "body.json").write_bytes(body)
+    lua = args.out / "post.lua"
+    lua.write_text(WRK_LUA.format(body=args.out / "body.json"))
+    wanted = args.only.split(",") if args.only else list(NAMES)
+    if "triton" in wanted and not args.triton_python:
+        print("Triton skipped: no --triton-python (install nvidia-pytriton in its own venv)", flush=True)
+        wanted.remove("triton")
+    me = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out)]
+    procs, urls = [], {}
     try:
-        port = free_port()
-        info = serve.start_app(repo, port=port, config_path=config)
-        deploy_plain(model_path)
-        deploy_plain(model_path, "plain1", threads=1)
-        base = f"http://127.0.0.1:{info.port}"
-        urls = {"plain Ray Serve": f"{base}/plain", plain1: f"{base}/plain1",
-                "optiserve": f"{base}/v2/models/mlp/infer"}
+        if "optiserve" in wanted:
+            port = free_port()
+            urls["optiserve"] = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+            procs.append(_start([*me, "--serve", "optiserve", "--port", str(port)], urls["optiserve"], body))
+        if "proxy" in wanted or "plain" in wanted:
+            port = free_port()
+            urls["proxy"] = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+            urls["plain"] = f"http://127.0.0.1:{port}/plain"
+            procs.append(_start([*me, "--serve", "proxy", "--port", str(port)], urls["plain"], body))
+        if "uvicorn" in wanted:
+            port = free_port()
+            urls["uvicorn"] = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+            procs.append(_start([*me, "--serve", "uvicorn", "--port", str(port)], urls["uvicorn"], body))
+        if "triton" in wanted:
+            port = free_port()
+            urls["triton"] = f"http://127.0.0.1:{port}/v2/models/mlp/infer"
+            procs.append(_start([args.triton_python, "-c", TRITON_SERVER, str(model_path), str(port),
+                                 str(free_port()), str(free_port())], urls["triton"], body))
+        order = [k for k in NAMES if k in wanted]
+        results: dict[str, list[dict]] = {k: [] for k in order}
+        loads = []
+        for kind in urls:
+            run_wrk(urls[kind], lua, args.connections, 2)  # warm-up
         for round_ in range(args.rounds):
-            results["in-process onnxruntime"].append(bench_in_process(model_path, args.requests, args.concurrency))
-            for name, url in urls.items():
-                r = asyncio.run(_load(url, body, args.requests, args.concurrency, warmup=50))
-                results[name].append(r)
-                print(f"round {round_ + 1} {name}: {r['throughput_rps']:.0f} req/s  p50 {r['p50_ms']:.1f} ms  "
-                      f"p99 {r['p99_ms']:.1f} ms  errors {r['errors']}", flush=True)
-        stats = serve.status()["mlp"]["stats"]
+            for kind in order:
+                loads.append(os.getloadavg()[0])
+                if kind == "inproc":
+                    r = bench_in_process(model_path, args.connections, args.duration)
+                else:
+                    r = run_wrk(urls[kind], lua, args.connections, args.duration)
+                results[kind].append(r)
+                print(f"round {round_ + 1} {NAMES[kind]}: {r['throughput_rps']:.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+                      f"p99 {r['p99_ms']:.2f} ms  errors {r['errors']}  (load {loads[-1]:.1f})", flush=True)
     finally:
-        serve.stop_app()
-        ray.shutdown()
+        for proc in procs:
+            _stop(proc)
+    report(args, results, loads)
 
-    med = {name: {k: statistics.median(r[k] for r in runs) for k in ("throughput_rps", "p50_ms", "p99_ms")}
-           for name, runs in results.items()}
-    plain, ours = med["plain Ray Serve"], med["optiserve"]
-    print(f"\n{args.concurrency} concurrent clients, {args.requests} one-row requests per candidate and round, "
-          f"{args.rounds} interleaved rounds (medians); optiserve mean batch {stats['batch_size_mean']:.1f} rows\n")
-    print("| candidate | throughput req/s | p50 ms | p99 ms | throughput vs plain |")
-    print("|---|---|---|---|---|")
-    for name, m in med.items():
-        print(f"| {name} | {m['throughput_rps']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
-              f"{m['throughput_rps'] / plain['throughput_rps']:.2f}x |")
-    print(f"\noptiserve / plain: {ours['throughput_rps'] / plain['throughput_rps']:.2f}x throughput, "
-          f"p99 {ours['p99_ms']:.1f} ms vs {plain['p99_ms']:.1f} ms")
+
+def report(args, results: dict[str, list[dict]], loads: list[float]) -> None:
+    def span(runs, key, fmt):
+        values = [r[key] for r in runs]
+        return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+    base = statistics.median(r["throughput_rps"] for r in results["proxy"]) if results.get("proxy") else None
+    print(f"\n{cpu_model()}; load average during the run {min(loads):.1f}-{max(loads):.1f}; wrk, "
+          f"{args.connections} connections, batch-1 KServe v2 JSON, {args.duration:g} s per candidate, "
+          f"{args.rounds} interleaved rounds: median (min-max)\n")
+    print("| server | req/s | p50 ms | p99 ms | failed | req/s vs previous path |")
+    print("|---|---|---|---|---|---|")
+    for kind, runs in results.items():
+        ratio = statistics.median(r["throughput_rps"] for r in runs) / base if base else float("nan")
+        print(f"| {NAMES[kind]} | {span(runs, 'throughput_rps', '{:.0f}')} | {span(runs, 'p50_ms', '{:.1f}')} | "
+              f"{span(runs, 'p99_ms', '{:.1f}')} | {sum(r['errors'] for r in runs)} | {ratio:.2f}x |")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"rounds": results, "median": med, "args": vars(args)},
-                                                      indent=2, default=str))
+    (args.out / "results.json").write_text(json.dumps(
+        {"rounds": results, "loadavg": loads, "cpu": cpu_model(), "args": vars(args)}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -226,7 +226,80 @@ def build_model_app(runtime, *, token_sha256: str | None = None, max_body_bytes:
     async def status():
         return runtime.status()
 
-    return Guard(app, token_sha256=token_sha256, max_body_bytes=max_body_bytes)
+    return Guard(InferFastPath(app, runtime, max_body_bytes), token_sha256=token_sha256, max_body_bytes=max_body_bytes)
+
+
+class InferFastPath:
+    """ASGI: `POST .../infer` answered straight from the raw request, every other route by the FastAPI app.
+
+    The infer routes are the hot path; FastAPI's routing, dependency solving and middleware stack cost more
+    per request than parsing the body and batching do (measured with py-spy on a replica under load). The
+    FastAPI routes stay declared, so the OpenAPI document and every other endpoint are unchanged, and
+    answers are the same bytes: the InferenceResponse, or `{"error": ...}` with its status (and Retry-After).
+    """
+
+    def __init__(self, app, runtime, max_body_bytes: int) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        version = _infer_version(_route_path(scope))
+        if version is False:
+            return await self.app(scope, receive, send)
+        try:
+            body = await _read_body(receive)
+            headers = dict(scope.get("headers") or [])
+            encoding = headers.get(b"content-encoding")
+            body = _decompress(body, encoding.decode("latin-1") if encoding else None, self.max_body_bytes)
+            infer_header = headers.get(INFER_HEADER.lower().encode())
+            request = parse_request(body, infer_header.decode("latin-1") if infer_header else None)
+            response = await self.runtime.infer(request, version)
+        except InferError as exc:
+            extra = {"retry-after": str(max(1, round(exc.retry_after_s)))} if exc.retry_after_s is not None else None
+            return await _send_error(send, exc.status, exc.message, extra)
+        except HTTPException as exc:  # the Guard's body limit on a chunked body
+            return await _send_error(send, exc.status_code, str(exc.detail))
+        out, header_length = render_response(response)
+        headers = [(b"content-length", str(len(out)).encode())]
+        if header_length is None:
+            headers.append((b"content-type", b"application/json"))
+        else:
+            headers += [(b"content-type", b"application/octet-stream"),
+                        (INFER_HEADER.lower().encode(), str(header_length).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
+
+
+def _route_path(scope) -> str:
+    """The path relative to where the app is mounted (as Starlette computes it)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root):]
+    return path
+
+
+def _infer_version(path: str) -> str | None | bool:
+    """None for `/infer`, the version for `/versions/<v>/infer`, False for any other path."""
+    if path == "/infer":
+        return None
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "versions" and parts[3] == "infer" and parts[2]:
+        return parts[2]
+    return False
+
+
+async def _read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InferError(400, "the client disconnected before sending the whole body")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks) if len(chunks) > 1 else chunks[0]
 
 
 def _ready(ok: bool) -> JSONResponse:
