@@ -150,7 +150,8 @@ def _replica_start(args) -> int:
                           high_rps=args.high_rps)
     if "replica_start" in res:
         s = res["replica_start"]
-        bound = " (to RUNNING only: no first request logged)" if s["lower_bound"] else ""
+        bound = (" (a lower bound: some starts timed to 'initialized', the replicas' access log is off)"
+                 if s["lower_bound"] else "")
         print(f"replica start, decision -> first request served{bound}: median {s['median_s']:.2f} s, "
               f"min {s['min_s']:.2f}, max {s['max_s']:.2f} over {s['n']} starts (to initialized: median "
               f"{s['median_to_running_s']:.2f} s); recorded in {res['profile']}")
