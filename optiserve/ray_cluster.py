@@ -51,6 +51,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """`count` distinct free ports (each socket stays open until all are chosen, so none is handed out twice)."""
+    socks, ports = [], []
+    try:
+        while len(ports) < count:
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in exclude and port not in ports:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
 def _alive(cluster: Cluster) -> bool:
     if cluster.pid is not None:
         try:
@@ -113,13 +130,11 @@ def ensure_cluster(
     recorded = _recorded(directory)
     if recorded and _alive(recorded):
         return recorded
-    gcs, dash = free_port(), free_port()
-    ports = {
-        "--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
-        "--metrics-export-port": free_port(), "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-    }
+    taken = {int(v) for v in (env or {}).values() if v.isdigit()}  # ports the caller's env already uses
+    gcs, dash, *picked = free_ports(9, exclude=taken)
+    flags = ("--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+             "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port")
+    ports = dict(zip(flags, picked, strict=True))
     cmd = [
         str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--disable-usage-stats",
         f"--port={gcs}", "--node-ip-address=127.0.0.1", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
