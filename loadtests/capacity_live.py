@@ -89,3 +89,43 @@ def measure_setup(repository: str | Path, model: str, setup: ServingSetup, searc
     measure = locust_measure(url, model, bodies, work_dir, search.slo_p95_ms, log=log)
     return find_capacity(measure, search, label=setup.label, replica_kind=setup.replica_kind,
                          max_batch_size=setup.max_batch_size, batch_wait_ms=setup.batch_wait_ms)
+
+
+def measure_and_plan(model: str, search: SearchConfig, cost, out: Path, *, repository: str | None, url: str | None,
+                  replica_kinds: Sequence[str], batching: str, peak_rps: float | None, utilization: float,
+                  min_rps: float, downscale_delay_s: float, samples: Path | None = None, seed: int = 0,
+                  address: str | None = None, log=print):
+    """`loadtest capacity`: the capacity curve of each replica kind x batching setup (deploying one replica of
+    each from `repository`), or of the deployment already at `url`, and the capacity plan built from them."""
+    import time
+
+    from ._serve_probe import connect_ray, stop_model
+    from .capacity import build_report
+    from .live import bodies_for
+    from .runner import check_loopback
+
+    for kind in replica_kinds:
+        cost.prices.price(kind)  # an unknown kind is a clear error before any load
+    curves = []
+    if url:
+        url = check_loopback(url)
+        bodies = bodies_for(url, model, repository=repository, samples_path=samples, seed=seed)
+        measure = locust_measure(url, model, bodies, out / "as-deployed", search.slo_p95_ms, log=log)
+        curves.append(find_capacity(measure, search, label="as deployed", replica_kind=replica_kinds[0]))
+    else:
+        from .bodies import bodies_from_repository
+
+        setups = [ServingSetup(k, b, w) for k in replica_kinds for b, w in parse_batching(batching)]
+        bodies = bodies_from_repository(repository, model, None, 64, samples, seed)
+        started = connect_ray(address)
+        try:
+            for i, setup in enumerate(setups):
+                log(f"[{i + 1}/{len(setups)}] {setup.label}: one replica, step load ...")
+                t0 = time.monotonic()
+                curve = measure_setup(repository, model, setup, search, out / f"config-{i}", bodies, log=log)
+                log(f"  capacity {curve.capacity_rps:.1f} req/s (limited by {curve.limited_by}), "
+                    f"{time.monotonic() - t0:.0f} s")
+                curves.append(curve)
+        finally:
+            stop_model(model, started)
+    return build_report(model, search, curves, peak_rps, cost, utilization, min_rps, downscale_delay_s)

@@ -6,7 +6,6 @@ Thin: parse, call the library, print. Exit codes: 0 ok, 1 verdict failed, 2 usag
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from optiserve.errors import EXIT_OK, EXIT_VERDICT_FAILED, UserError, run_cli
@@ -216,62 +215,18 @@ def _run(args) -> int:
 
 
 def _validate(args) -> int:
-    from autoscale.policies import load_policy_config
-    from autoscale.profile import ModelProfile, measure_profile, replica_start_s_of
-    from autoscale.simulator import SimConfig, simulate
-    from optiserve.repository import list_versions, version_dir
-
-    from ._serve_probe import connect_ray, replica_sampler, start_model, stop_model, write_serve_config
-    from .live import bodies_for, calibrate_profile, run_live
     from .result import Objectives
-    from .validation import compare, validation_html
+    from .validate_live import ValidateSetup, validate_live
 
-    out = Path(args.out)
+    setup = ValidateSetup(
+        repository=Path(args.repository), model=args.model, policy=args.policy, policy_config=args.policy_config,
+        min_replicas=args.min_replicas, max_replicas=args.max_replicas, max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms, replica_kind=args.replica_kind, seed=args.seed, samples=args.samples,
+        address=args.address, profile=args.profile, replica_start_s=args.replica_start_s,
+        calibrate=not args.no_calibrate)
     objectives = Objectives(args.slo_p95_ms or 50.0, args.max_error_rate)
-    cost, trace = _cost_model(args), _trace(args)
-    policy_cfg = load_policy_config(args.policy, args.policy_config)  # bad policy/config: fail before serving
-    versions = list_versions(Path(args.repository), args.model)
-    if not versions:
-        raise UserError(f"model {args.model!r} has no published version in {args.repository}.")
-    if args.profile:
-        profile = ModelProfile.load(args.profile)
-        if args.replica_start_s is not None:
-            profile = ModelProfile.from_dict({**profile.to_dict(), "replica_start_s": args.replica_start_s})
-    else:
-        print("measuring the model's latency profile for the simulator ...")
-        profile = measure_profile(version_dir(Path(args.repository), args.model, versions[-1]) / "model.onnx",
-                                  replica_start_s=(args.replica_start_s if args.replica_start_s is not None
-                                                   else replica_start_s_of(getattr(policy_cfg, "profile_path", None))),
-                                  max_batch_size=args.max_batch_size,
-                                  batch_wait_ms=args.batch_wait_ms, repeats=10)
-    serve_cfg = write_serve_config(out / "serve.yaml", args.model, max_batch_size=args.max_batch_size,
-                                   batch_wait_timeout_ms=args.batch_wait_ms)
-    started = connect_ray(args.address)
-    try:
-        print(f"serving {args.model} with the {args.policy} policy ({args.min_replicas}..{args.max_replicas} "
-              "replicas) ...")
-        url = start_model(args.repository, args.model, config_path=serve_cfg, policy=args.policy,
-                          policy_config=args.policy_config, min_replicas=args.min_replicas,
-                          max_replicas=args.max_replicas)
-        bodies = bodies_for(url, args.model, repository=args.repository, samples_path=args.samples, seed=args.seed)
-        overhead = 0.0
-        if not args.no_calibrate:
-            profile, overhead = calibrate_profile(profile, url, args.model, bodies)
-            print(f"simulator profile: +{overhead:.1f} ms measured serving overhead per batch")
-        live = run_live(url, args.model, trace, out / "live", objectives=objectives, bodies=bodies,
-                        sampler=replica_sampler(args.model), replica_kind=args.replica_kind, cost_model=cost,
-                        policy=args.policy, seed=args.seed)
-    finally:
-        stop_model(args.model, started)
-    sim = simulate(trace, args.policy, policy_cfg, profile,
-                   SimConfig(min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-                             slo_p95_ms=objectives.slo_p95_ms, replica_kind=args.replica_kind, seed=args.seed,
-                             timeseries_step_s=1.0), cost)
-    sim.save(out / "simulated.json")
-    v = compare(live, sim, args.policy, overhead)
-    v.save(out / "validation.json")
-    (out / "validation.html").write_text(validation_html(v, live))
-    _print_validation(v, out)
+    v, live = validate_live(setup, _trace(args), objectives, _cost_model(args), Path(args.out))
+    _print_validation(v, Path(args.out))
     return EXIT_OK if live.verdict.passed else EXIT_VERDICT_FAILED
 
 
@@ -292,54 +247,23 @@ def _print_validation(v, out: Path) -> None:
 
 
 def _capacity(args) -> int:
-
-    from ._serve_probe import connect_ray, stop_model
-    from .capacity import SearchConfig, build_report
-    from .capacity_live import ServingSetup, locust_measure, measure_setup, parse_batching
-    from .live import bodies_for
-    from .report import write_capacity_report
-    from .runner import check_loopback
+    from .capacity import SearchConfig
+    from .capacity_live import measure_and_plan
     from .shapes import parse_duration
 
     if not args.repository and not args.url:
         raise UserError("give --repository (deploy and measure) or --url (measure a running deployment).")
-    out = Path(args.out)
-    cost = _cost_model(args)
     search = SearchConfig(slo_p95_ms=args.slo_p95_ms, max_error_rate=args.max_error_rate, start_rps=args.start_rps,
                           growth=args.growth, max_rps=args.max_rps, refine_steps=args.refine_steps,
                           step_s=parse_duration(args.step))
-    kinds = [k.strip() for k in args.replica_kinds.split(",") if k.strip()]
-    for k in kinds:
-        cost.prices.price(k)
-    setups = [ServingSetup(k, b, w) for k in kinds for b, w in parse_batching(args.batching)]
-    curves = []
-    if args.url:
-        from .capacity import find_capacity
+    report = measure_and_plan(
+        args.model, search, _cost_model(args), Path(args.out), repository=args.repository, url=args.url,
+        replica_kinds=[k.strip() for k in args.replica_kinds.split(",") if k.strip()], batching=args.batching,
+        peak_rps=args.peak_rps, utilization=args.utilization, min_rps=args.min_rps,
+        downscale_delay_s=args.downscale_delay_s, samples=args.samples, seed=args.seed, address=args.address)
+    from .report import write_capacity_report
 
-        url = check_loopback(args.url)
-        bodies = bodies_for(url, args.model, repository=args.repository, samples_path=args.samples, seed=args.seed)
-        measure = locust_measure(url, args.model, bodies, out / "as-deployed", search.slo_p95_ms, log=print)
-        curves.append(find_capacity(measure, search, label="as deployed", replica_kind=kinds[0]))
-    else:
-        from .bodies import bodies_from_repository
-
-        bodies = bodies_from_repository(args.repository, args.model, None, 64, args.samples, args.seed)
-        started = connect_ray(args.address)
-        try:
-            for i, setup in enumerate(setups):
-                print(f"[{i + 1}/{len(setups)}] {setup.label}: one replica, step load ...")
-                t0 = time.monotonic()
-                curve = measure_setup(args.repository, args.model, setup, search, out / f"config-{i}", bodies,
-                                      log=print)
-                print(f"  capacity {curve.capacity_rps:.1f} req/s (limited by {curve.limited_by}), "
-                      f"{time.monotonic() - t0:.0f} s")
-                curves.append(curve)
-        finally:
-            stop_model(args.model, started)
-    report = build_report(args.model, search, curves, args.peak_rps, cost, args.utilization, args.min_rps,
-                          args.downscale_delay_s)
-    paths = write_capacity_report(report, out)
-    _print_capacity(report, paths, out)
+    _print_capacity(report, write_capacity_report(report, Path(args.out)), Path(args.out))
     return EXIT_OK
 
 

@@ -22,9 +22,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from optiserve.config import read_mapping
 from optiserve.errors import UserError
 from optiserve.repository import check_name, check_version
 
@@ -141,15 +141,7 @@ def load_config(path: Path | str | None) -> ServeConfig:
     """Parse a YAML config file (None: all defaults); any mistake becomes a UserError naming the field."""
     if path is None:
         return ServeConfig()
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise UserError(f"cannot read config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"config {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config {path} must be a mapping of settings, not {type(data).__name__}")
+    data = read_mapping(path, "config", "models: {digits: {max_batch_size: 8}}")
     try:
         return ServeConfig(**data)
     except ValidationError as exc:
