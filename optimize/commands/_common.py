@@ -35,3 +35,37 @@ def data_options(args):
     from optiserve.data import DataOptions
 
     return DataOptions.from_flags(args.inputs, args.labels, args.feature_columns)
+
+
+def add_settings_arguments(p: argparse.ArgumentParser, repeats: int = 100, overrides_only: bool = False) -> None:
+    """The flags of `RunSettings` that quantize, prune and sweep share: budget, measurement, loading, data files.
+    `overrides_only` (sweep): an unset flag stays None, so a grid file's value stands."""
+    def default(value):
+        return None if overrides_only else value
+
+    p.add_argument("--max-accuracy-drop", type=float, default=default(1.0),
+                   help="budget in accuracy points (or %% relative output error without labels); default 1")
+    p.add_argument("--input-shape", help="input shape with batch first, e.g. 1,64 or x=1x1x8x8")
+    p.add_argument("--threads", type=int, default=default(1), help="threads for timing (one replica's share); "
+                   "default 1")
+    p.add_argument("--repeats", type=int, default=default(repeats),
+                   help=f"timed runs per variant and batch size (default {repeats})")
+    p.add_argument("--allow-pickle", action="store_true", default=default(False),
+                   help="load a pickled nn.Module (runs code: trust it)")
+    add_data_arguments(p)
+
+
+def settings_from(args) -> dict:
+    """The `RunSettings` fields those flags set (an unset overrides-only flag, or no data flag, sets nothing)."""
+    data = data_options(args) if args.inputs or args.labels or args.feature_columns else None
+    given = {"max_accuracy_drop": args.max_accuracy_drop, "threads": args.threads, "repeats": args.repeats,
+             "input_shape": args.input_shape, "allow_pickle": args.allow_pickle, "data": data}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def with_progress(work):
+    """Run `work(progress)` under a one-line status spinner on stderr that `progress(message)` updates."""
+    from optiserve.console import console
+
+    with console(stderr=True).status("starting") as status:
+        return work(lambda message: status.update(message))

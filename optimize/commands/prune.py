@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from optimize.commands._common import DATA_FORMATS, add_command, add_data_arguments, data_options
+from optimize.commands._common import DATA_FORMATS, add_command, add_settings_arguments, settings_from, with_progress
 from optiserve.errors import UserError
 
 EXAMPLES = """\
@@ -57,20 +57,13 @@ def register(subparsers) -> None:
     p.add_argument("--finetune-data", type=Path, help=f"{DATA_FORMATS} of inputs and labels for fine-tuning")
     p.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs (default 0: off)")
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--max-accuracy-drop", type=float, default=1.0,
-                   help="budget in accuracy points (or %% relative output error without labels); default 1")
-    p.add_argument("--input-shape", help="input shape with batch first, e.g. 1,64")
-    p.add_argument("--threads", type=int, default=1, help="threads for timing; default 1")
-    p.add_argument("--repeats", type=int, default=100, help="timed runs per variant and batch size")
-    p.add_argument("--allow-pickle", action="store_true", help="load a pickled nn.Module (runs code: trust it)")
-    add_data_arguments(p)
+    add_settings_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from optimize.prune import PruneConfig, prune
     from optimize.report import print_table
-    from optiserve.console import console as make_console
 
     target_size = parse_size(args.target_size) if args.target_size else None
     if args.epochs and not args.finetune_data:
@@ -81,14 +74,11 @@ def run(args) -> int:
         target_size_share=target_size if isinstance(target_size, float) else None, mode=args.mode,
         criterion=args.criterion, round_to=args.round_to, ignore=tuple(args.ignore),
         global_pruning=args.global_pruning, epochs=args.epochs, learning_rate=args.learning_rate,
-        max_accuracy_drop=args.max_accuracy_drop, threads=args.threads, repeats=args.repeats,
-        input_shape=args.input_shape, allow_pickle=args.allow_pickle, data=data_options(args),
+        **settings_from(args),
     )
-    console = make_console(stderr=True)
-    with console.status("starting") as status:
-        report = prune(args.model, args.out, config, calibration_path=args.calibration_data,
-                       eval_path=args.eval_data, finetune_path=args.finetune_data,
-                       progress=lambda msg: status.update(msg))
+    report = with_progress(lambda progress: prune(args.model, args.out, config, progress=progress,
+                                                  calibration_path=args.calibration_data, eval_path=args.eval_data,
+                                                  finetune_path=args.finetune_data))
     print_table(report)
     print(f"parameters {report.params_before:,} -> {report.params_after:,}, FLOPs/sample {report.flops_before:,} -> "
           f"{report.flops_after:,} (ratio {report.ratio:.2f})")

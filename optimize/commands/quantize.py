@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optimize.commands._common import DATA_FORMATS, add_command, add_data_arguments, data_options
+from optimize.commands._common import DATA_FORMATS, add_command, add_settings_arguments, settings_from, with_progress
 
 EXAMPLES = """\
   optimize quantize build/models/mlp/model.pt --calibration-data build/models/mlp/calibration.npz \\
@@ -36,33 +36,23 @@ def register(subparsers) -> None:
                    help="comma-separated static calibration methods (default: all three)")
     p.add_argument("--no-per-channel", action="store_true", help="per-tensor instead of per-channel weights")
     p.add_argument("--eval-data", type=Path, help=f"{DATA_FORMATS} with inputs and labels for accuracy")
-    p.add_argument("--max-accuracy-drop", type=float, default=1.0,
-                   help="budget in accuracy points (or %% relative output error without labels); default 1")
-    p.add_argument("--input-shape", help="input shape with batch first, e.g. 1,64 or x=1x1x8x8")
-    p.add_argument("--threads", type=int, default=1, help="threads for timing (one replica's share); default 1")
-    p.add_argument("--repeats", type=int, default=100, help="timed runs per variant and batch size")
-    p.add_argument("--allow-pickle", action="store_true", help="load a pickled nn.Module (runs code: trust it)")
     p.add_argument("--publish", type=Path, metavar="REPO", help="publish the chosen model into this repository")
     p.add_argument("--name", help="model name in the repository (default: the model file's stem)")
-    add_data_arguments(p)
+    add_settings_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from optimize.quantize import QuantizeConfig, quantize
     from optimize.report import print_table
-    from optiserve.console import console as make_console
     from optiserve.repository import publish
 
     config = QuantizeConfig(
         method=args.method, calibration_methods=tuple(m.strip() for m in args.calibration_method.split(",")),
-        per_channel=not args.no_per_channel, max_accuracy_drop=args.max_accuracy_drop, threads=args.threads,
-        repeats=args.repeats, input_shape=args.input_shape, allow_pickle=args.allow_pickle, data=data_options(args),
-    )
-    console = make_console(stderr=True)
-    with console.status("starting") as status:
-        report = quantize(args.model, args.out, config, calibration_path=args.calibration_data,
-                          eval_path=args.eval_data, progress=lambda msg: status.update(msg))
+        per_channel=not args.no_per_channel, **settings_from(args))
+    report = with_progress(lambda progress: quantize(args.model, args.out, config, progress=progress,
+                                                     calibration_path=args.calibration_data,
+                                                     eval_path=args.eval_data))
     print_table(report)
     print(f"wrote {args.out / 'model.onnx'} ({report.chosen or 'fp32'}), {args.out / 'report.json'}, "
           f"{args.out / 'report.md'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optimize.commands._common import DATA_FORMATS, add_command, add_data_arguments, data_options
+from optimize.commands._common import DATA_FORMATS, add_command, add_settings_arguments, settings_from, with_progress
 
 EXAMPLES = """\
   optimize sweep build/models/mlp/model.pt2 --calibration-data build/models/mlp/calibration.npz \\
@@ -37,44 +37,32 @@ def register(subparsers) -> None:
     p.add_argument("--eval-data", type=Path, help=f"{DATA_FORMATS} with inputs and labels for accuracy")
     p.add_argument("--finetune-data", type=Path, help=f"{DATA_FORMATS} with inputs and labels to fine-tune")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs per pruned model (default 0)")
-    p.add_argument("--max-accuracy-drop", type=float, help="budget in accuracy points (default 1)")
     p.add_argument("--executor", choices=["auto", "ray", "serial"],
                    help="build variants as Ray tasks or one by one (default auto: Ray when installed)")
     p.add_argument("--num-cpus", type=int, help="logical CPUs of the local Ray instance (default 4)")
-    p.add_argument("--threads", type=int, help="threads for timing (default 1)")
-    p.add_argument("--repeats", type=int, help="timed runs per variant and batch size (default 50)")
-    p.add_argument("--input-shape", help="input shape with batch first, e.g. 1,64")
-    p.add_argument("--allow-pickle", action="store_true", default=None, help="load a pickled nn.Module")
-    add_data_arguments(p)
+    add_settings_arguments(p, repeats=50, overrides_only=True)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from optimize.report import print_table
     from optimize.sweep import SweepConfig, sweep
-    from optiserve.console import console as make_console
 
     overrides = {
         "quantization": _list(args.quantization), "calibration_methods": _list(args.calibration_method),
         "prune_ratios": _list(args.prune_ratios, float), "criterion": args.criterion, "epochs": args.epochs,
-        "max_accuracy_drop": args.max_accuracy_drop, "executor": args.executor, "num_cpus": args.num_cpus,
-        "threads": args.threads, "repeats": args.repeats, "input_shape": args.input_shape,
-        "allow_pickle": args.allow_pickle,
+        "executor": args.executor, "num_cpus": args.num_cpus, **settings_from(args),
     }
-    if args.inputs or args.labels or args.feature_columns:  # flags override the grid file's `data:`
-        overrides["data"] = data_options(args)
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {k: v for k, v in overrides.items() if v is not None}  # unset flags: the grid file's values
     try:
         config = SweepConfig.from_yaml(args.grid, **overrides) if args.grid else SweepConfig(**overrides)
     except ValueError as exc:
         from optiserve.errors import UserError
 
         raise UserError(f"bad sweep option: {exc}") from None
-    console = make_console(stderr=True)
-    with console.status("starting") as status:
-        report = sweep(args.model, args.out, config, calibration_path=args.calibration_data,
-                       eval_path=args.eval_data, finetune_path=args.finetune_data,
-                       progress=lambda msg: status.update(msg))
+    report = with_progress(lambda progress: sweep(args.model, args.out, config, progress=progress,
+                                                  calibration_path=args.calibration_data, eval_path=args.eval_data,
+                                                  finetune_path=args.finetune_data))
     print_table(report)
     print(f"Pareto-optimal: {', '.join(report.pareto) or 'none'}; built with {report.executor} in "
           f"{report.build_wall_s:.1f} s")
