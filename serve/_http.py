@@ -24,16 +24,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from serve._codec import (
+from serve._codec import parse_request, render_response, validation_message
+from serve._messages import (
     ErrorResponse,
     InferenceRequest,
     InferenceResponse,
     InferError,
     ModelMetadata,
     ServerMetadata,
-    parse_request,
-    render_response,
-    validation_message,
 )
 
 SERVER_NAME = "optiserve"

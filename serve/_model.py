@@ -21,16 +21,13 @@ from optiserve.repository import MANIFEST_FILE, MODEL_FILE, Manifest, list_versi
 from serve import _session
 from serve._batching import Batcher, Overloaded, Retired
 from serve._codec import (
-    InferenceRequest,
-    InferenceResponse,
-    InferError,
-    ModelMetadata,
     batchable,
     check_requested,
     decode_inputs,
     encode_outputs,
     metadata_tensors,
 )
+from serve._messages import InferenceRequest, InferenceResponse, InferError, ModelMetadata
 from serve._stats import RollingStats
 from serve.config import ModelConfig
 
