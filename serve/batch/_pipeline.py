@@ -35,6 +35,7 @@ from serve.batch._shards import REJECTS_FILE, ShardWriter, merge_rejects, split_
 from serve.batch.config import BatchConfig
 from serve.batch.summary import SUMMARY_FILE, BatchSummary, build
 
+READ_CPUS = 0  # see _read
 KILL_AFTER_ROWS_ENV = "OPTISERVE_BATCH_KILL_AFTER_ROWS"  # fault injection for tests: SIGKILL self after N rows
 
 
@@ -67,12 +68,16 @@ class _Predictor:
         return predict_batch(batch, self.binding, lambda feeds: self.session.run(self.names, feeds))
 
 
-def _decode_npz(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """read_binary_files rows (one file per call) -> the .npz's arrays as columns, plus `path`."""
+def _decode_arrays(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """read_binary_files rows (one file per call) -> an .npz's arrays (an .npy's as `data`) as columns, + `path`."""
     out: dict[str, list[np.ndarray]] = {}
     for data, path in zip(batch["bytes"], batch[PATH], strict=True):
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            arrays = {"data": loaded}
+        else:
+            with loaded as npz:
+                arrays = {k: npz[k] for k in npz.files}
         n = {len(a) for a in arrays.values() if a.ndim}
         if len(n) != 1:
             raise UserError(f"{path} holds arrays with different numbers of rows ({sorted(n)}); every array of an "
@@ -93,23 +98,24 @@ def _groups(files: list[InputFile]) -> list[list[InputFile]]:
 
 
 def _read(group: list[InputFile]):
+    """One Ray Data read of same-layout files. Reading reserves no CPUs: the actors hold every CPU the pool may
+    take, and a read task that waited for one would wait for ever on a cluster the pool fills (e.g. 1 CPU)."""
     import ray.data
 
     paths = [f.path for f in group]
     first = group[0]
+    free = {"num_cpus": READ_CPUS}
     if first.format == "parquet":
-        return ray.data.read_parquet(paths, include_paths=True)
-    if first.format == "npy":
-        return ray.data.read_numpy(paths, include_paths=True)
-    if first.format == "npz":
-        return ray.data.read_binary_files(paths, include_paths=True).map_batches(
-            _decode_npz, batch_size=1, batch_format="numpy")
+        return ray.data.read_parquet(paths, include_paths=True, **free)
+    if first.format in ("npz", "npy"):  # whole files (no streaming format); read_numpy takes no ray_remote_args
+        return ray.data.read_binary_files(paths, include_paths=True, **free).map_batches(
+            _decode_arrays, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS)
     import pyarrow.csv as pcsv
 
     kwargs = {"parse_options": pcsv.ParseOptions(delimiter=first.delimiter)}
     if not first.header:
         kwargs["read_options"] = pcsv.ReadOptions(column_names=[f"f{i}" for i in range(first.ncols)])
-    return ray.data.read_csv(paths, include_paths=True, **kwargs)
+    return ray.data.read_csv(paths, include_paths=True, **free, **kwargs)
 
 
 def _connect(address: str | None) -> bool:
@@ -126,7 +132,9 @@ def _connect(address: str | None) -> bool:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            # "local": a Ray of our own for this command, even where a `ray start` head runs (ray.init() would join it)
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[0]}; check "
                         "--address / RAY_ADDRESS") from None
@@ -143,8 +151,12 @@ def cluster_resources() -> dict:
             "max_node_gpus": max((n.get("GPU", 0) for n in nodes), default=0)}
 
 
-def check_resources(config: BatchConfig, cluster: dict) -> tuple[int, int]:
-    """(min, max) actors the cluster can host; a UserError when no node can host even one. Pure."""
+def check_resources(config: BatchConfig, cluster: dict) -> tuple[int, int, float]:
+    """(min actors, max actors, CPUs reserved per actor); a UserError when no node can host even one. Pure.
+
+    One CPU of the cluster always stays unreserved: Ray Data's file listing and read tasks need one, and a pool
+    holding every CPU would leave them waiting for ever. Actors then reserve less than their threads (sharing
+    cores with reading) where the pool would otherwise take that last CPU."""
     if config.gpus_per_actor > 0:
         if cluster["gpus"] == 0:
             raise UserError(f"--gpus-per-actor {config.gpus_per_actor:g} asks for GPU actors, but the Ray cluster "
@@ -165,7 +177,9 @@ def check_resources(config: BatchConfig, cluster: dict) -> tuple[int, int]:
                         f"actor(s) of {config.threads_per_actor} CPU(s)"
                         + (f" and {config.gpus_per_actor:g} GPU(s)" if config.gpus_per_actor else "")
                         + "; lower --min-actors")
-    return config.min_actors, max(config.min_actors, top)
+    top = max(config.min_actors, top)
+    per_actor = min(float(config.threads_per_actor), max(0.0, cluster["cpus"] - 1) / top)
+    return config.min_actors, top, round(per_actor, 3)
 
 
 def _user_error(exc: BaseException) -> UserError | None:
@@ -300,10 +314,10 @@ def run_batch(config: BatchConfig, log=print) -> BatchSummary:
         owned = _connect(config.address)
         try:
             cluster = cluster_resources()
-            min_actors, max_actors = check_resources(config, cluster)
+            min_actors, max_actors, actor_cpus = check_resources(config, cluster)
             driver = _Driver(config, out, the_plan.pending, manifest.sha256,
                              sum(m.rejected for m in markers.values()), log, tuple(o.name for o in binding.outputs))
-            _stream(config, binding, version, the_plan.pending, driver, min_actors, max_actors)
+            _stream(config, binding, version, the_plan.pending, driver, min_actors, max_actors, actor_cpus)
         except BaseException as exc:  # noqa: BLE001 - recorded in the summary, then raised as one sentence
             error = exc
             if driver is not None:
@@ -339,7 +353,7 @@ def run_batch(config: BatchConfig, log=print) -> BatchSummary:
 
 
 def _stream(config: BatchConfig, binding: Binding, version: str, pending: list[InputFile], driver: _Driver,
-            min_actors: int, max_actors: int) -> None:
+            min_actors: int, max_actors: int, actor_cpus: float) -> None:
     import logging
 
     import ray.data
@@ -356,7 +370,7 @@ def _stream(config: BatchConfig, binding: Binding, version: str, pending: list[I
             dataset = _read(group).map_batches(
                 _Predictor, batch_size=config.batch_size, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
-                num_cpus=config.threads_per_actor, num_gpus=config.gpus_per_actor or None,
+                num_cpus=actor_cpus, num_gpus=config.gpus_per_actor or None,
                 fn_constructor_kwargs={"repository": str(Path(config.repository).resolve()), "model": config.model,
                                        "version": version, "device": config.device,
                                        "threads": config.threads_per_actor, "binding": binding},

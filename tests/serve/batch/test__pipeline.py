@@ -57,8 +57,11 @@ def test_resource_checks():
         check_resources(BatchConfig("r", "m", ("d",), "o", threads_per_actor=4), CPU_ONLY)
     with pytest.raises(UserError, match="--min-actors 4 needs more"):
         check_resources(BatchConfig("r", "m", ("d",), "o", min_actors=4), CPU_ONLY)
-    assert check_resources(BatchConfig("r", "m", ("d",), "o"), CPU_ONLY) == (1, 3)
-    assert check_resources(BatchConfig("r", "m", ("d",), "o", max_actors=2), CPU_ONLY) == (1, 2)
+    # one CPU stays unreserved for Ray Data's reads: 3 actors share 2 CPUs, 1 actor reserves its 1 thread
+    assert check_resources(BatchConfig("r", "m", ("d",), "o"), CPU_ONLY) == (1, 3, 0.667)
+    assert check_resources(BatchConfig("r", "m", ("d",), "o", max_actors=1), CPU_ONLY) == (1, 1, 1.0)
+    one_cpu = {"nodes": 1, "cpus": 1, "gpus": 0, "max_node_cpus": 1, "max_node_gpus": 0}
+    assert check_resources(BatchConfig("r", "m", ("d",), "o"), one_cpu) == (1, 1, 0.0)
 
 
 # ---- on a simulated two-node cluster
