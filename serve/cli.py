@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from optimize._errors import UserError, run_cli
+from optiserve.errors import UserError, run_cli
 
 EPILOG = """examples:
   modelserve start --repository build/repo --port 8000
@@ -162,7 +162,7 @@ def _quiet_ray() -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from optimize.ray_cluster import free_port
+    from optiserve.ray_cluster import free_port
     from serve import start_app
 
     _quiet_ray()
@@ -190,7 +190,7 @@ def _connect_existing(address: str | None) -> bool:
 
     import ray
 
-    from optimize.ray_cluster import use_token_auth_if_available
+    from optiserve.ray_cluster import use_token_auth_if_available
     from serve._deploy import recorded_app
 
     address = address or os.environ.get("RAY_ADDRESS") or getattr(recorded_app(), "address", None)
@@ -232,7 +232,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from optimize.ray_cluster import stop_cluster
+    from optiserve.ray_cluster import stop_cluster
     from serve import stop_app
 
     if _connect_existing(args.address):
