@@ -195,7 +195,9 @@ session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecution
 @batch
 def infer(input):
     return {"logits": session.run(None, {"input": input})[0]}
-with Triton(config=TritonConfig(http_port=http, grpc_port=grpc, metrics_port=metrics)) as triton:
+config = TritonConfig(http_address="127.0.0.1", http_port=http, grpc_address="127.0.0.1", grpc_port=grpc,
+                      metrics_port=metrics)
+with Triton(config=config) as triton:
     triton.bind(model_name="mlp", infer_func=infer, inputs=[Tensor(name="input", dtype=np.float32, shape=(64,))],
                 outputs=[Tensor(name="logits", dtype=np.float32, shape=(10,))],
                 config=ModelConfig(max_batch_size=32, batcher=DynamicBatcher(max_queue_delay_microseconds=2000)))
