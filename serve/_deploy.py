@@ -35,6 +35,7 @@ class AppInfo:
     port: int = 8000
     ingress: str = "proxy"  # the front end serving `port`: haproxy (direct ingress) or proxy (Serve's Python proxy)
     notes: list[str] = field(default_factory=list)  # what the user should know (e.g. the fast path is not active)
+    grpc_port: int | None = None  # KServe v2 gRPC (serve/_grpc_router.py) on `host`; None when off
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -82,12 +83,19 @@ def model_app_args(repository: Path, name: str, cfg: ServeConfig, token_sha256: 
     return args
 
 
+def grpc_app_args(served: dict[str, str], cfg: ServeConfig, token_sha256: str | None, host: str,
+                  grpc_port: int) -> dict[str, Any]:
+    return {"models": sorted(served), "token_sha256": token_sha256, "host": host, "port": grpc_port,
+            "max_body_bytes": cfg.max_body_bytes, "ingress_cpus": cfg.ingress_cpus}
+
+
 def serve_config(repository: Path, cfg: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000,
-                 autoscaling: dict[str, Any] | None = None) -> dict[str, Any]:
+                 autoscaling: dict[str, Any] | None = None, grpc_port: int | None = None) -> dict[str, Any]:
     """A Ray Serve config file (for `serve deploy`, KubeRay's RayService) deploying this application.
 
     The repository path must be readable at the same place on every node (a shared volume). Replica-side
-    settings travel in each model's runtime_env; the HAProxy front end is a cluster setting (`cluster_env_comment`)."""
+    settings travel in each model's runtime_env; the HAProxy front end is a cluster setting (`cluster_env_comment`).
+    With `grpc_port`, an application without an HTTP route serves KServe v2 gRPC on host:grpc_port."""
     from serve.app import SERVER_APP, model_app_name, model_route
 
     served, _ = plan(repository, cfg)
@@ -100,6 +108,11 @@ def serve_config(repository: Path, cfg: ServeConfig, *, host: str = "127.0.0.1",
     apps.append({"name": SERVER_APP, "route_prefix": "/", "import_path": "serve.app:server_app",
                  "args": {"models": sorted(served), "token_sha256": token, "max_body_bytes": cfg.max_body_bytes,
                           "ingress_cpus": cfg.ingress_cpus}})
+    if grpc_port:
+        from serve._grpc_router import GRPC_APP
+
+        apps.append({"name": GRPC_APP, "route_prefix": None, "import_path": "serve._grpc_router:grpc_app",
+                     "args": grpc_app_args(served, cfg, token, host, grpc_port)})
     return {"proxy_location": "EveryNode", "http_options": {"host": host, "port": port}, "applications": apps}
 
 
@@ -167,14 +180,18 @@ def _port_free(host: str, port: int) -> bool:
 def start_app(
     repository: Path | str, *, host: str = "127.0.0.1", port: int = 8000, config_path: Path | str | None = None,
     autoscaling_policy: str | None = None, autoscaling_config: Path | str | None = None,
-    address: str | None = None, min_replicas: int = 1, max_replicas: int = 4,
+    address: str | None = None, min_replicas: int = 1, max_replicas: int = 4, grpc_port: int | None = None,
 ) -> AppInfo:
-    """Deploy every servable model of the repository on Ray Serve and return where to reach it."""
+    """Deploy every servable model of the repository on Ray Serve and return where to reach it.
+
+    `grpc_port` also serves KServe v2 gRPC on host:grpc_port (None: HTTP only)."""
     from ray import serve as rs
 
     from serve.app import SERVER_APP, model_app, model_app_name, model_route, server_app
 
     cfg = load_config(config_path)
+    if grpc_port is not None and (not 0 < grpc_port < 65536 or grpc_port == port):
+        raise UserError(f"the gRPC port must be a free port number other than the HTTP port ({port}), got {grpc_port}")
     try:
         ingress = _ingress.chosen_ingress(cfg.ingress)
     except ValueError as exc:
@@ -199,8 +216,11 @@ def start_app(
                      f"started earlier or elsewhere), so Ray Serve's Python proxy serves: `modelserve stop` the local "
                      f"head and start again, or start the cluster's head with {flags}")
     _check_gpus(served, cfg)
-    if not _serve_running() and not _port_free(host, port):
-        raise UserError(f"port {port} on {host} is in use: choose another with --port")
+    if not _serve_running():
+        if not _port_free(host, port):
+            raise UserError(f"port {port} on {host} is in use: choose another with --port")
+        if grpc_port and not _port_free(host, grpc_port):
+            raise UserError(f"gRPC port {grpc_port} on {host} is in use: choose another with --grpc-port (0: no gRPC)")
     rs.start(http_options={"host": host, "port": port})
     targets = [
         rs.RunTarget(target=model_app(model_app_args(repository, name, cfg, token, autoscaling, active)),
@@ -212,6 +232,11 @@ def start_app(
                            "ingress_cpus": cfg.ingress_cpus}),
         name=SERVER_APP, route_prefix="/",
     ))
+    if grpc_port:
+        from serve._grpc_router import GRPC_APP, grpc_app
+
+        targets.append(rs.RunTarget(target=grpc_app(grpc_app_args(served, cfg, token, host, grpc_port)),
+                                    name=GRPC_APP, route_prefix=None))
     try:
         rs.run_many(targets)
     except RuntimeError as exc:
@@ -220,7 +245,7 @@ def start_app(
     urls = {"server": f"{base}/v2", "openapi": f"{base}/openapi.json", "docs": f"{base}/docs"}
     urls.update({name: base + model_route(name) for name in served})
     info = AppInfo(urls=urls, models=served, skipped=skipped, address=cluster_address, host=host, port=port,
-                   ingress=active, notes=notes)
+                   ingress=active, notes=notes, grpc_port=grpc_port)
     (state_dir() / SERVE_STATE_FILE).write_text(info.to_json())
     return info
 

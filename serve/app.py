@@ -18,6 +18,7 @@ from ray import serve as rs
 
 from serve._http import build_model_app, build_server_app
 from serve._ingress import replica_env
+from serve._messages import InferError
 from serve._model import ModelRuntime
 from serve.config import ModelConfig
 
@@ -143,6 +144,31 @@ class ModelServer:
 
     async def model_status(self) -> dict[str, Any]:
         return self.runtime.status()
+
+    # The gRPC front end (serve/_grpc_router.py) calls these through a handle: answers are
+    # (HTTP-style status, serialized message or error text, retry-after s), so a client's mistake never
+    # travels as a Ray exception.
+
+    async def grpc_infer(self, raw: bytes) -> tuple[int, bytes | str, float | None]:
+        from serve import _grpc
+
+        try:
+            request, version = _grpc.infer_request(_grpc.parse_infer(raw))
+            response = await self.runtime.infer(request, version)
+            return 200, _grpc.infer_response(response).SerializeToString(), None
+        except InferError as exc:
+            return exc.status, exc.message, exc.retry_after_s
+
+    async def grpc_metadata(self, version: str | None) -> tuple[int, bytes | str, float | None]:
+        from serve import _grpc
+
+        try:
+            return 200, _grpc.model_metadata(self.runtime.metadata(version)).SerializeToString(), None
+        except InferError as exc:
+            return exc.status, exc.message, None
+
+    async def grpc_ready(self, version: str | None) -> bool:
+        return self.runtime.ready(version)
 
 
 @rs.deployment(name=SERVER_DEPLOYMENT, ray_actor_options={"num_cpus": 0.1})

@@ -8,8 +8,10 @@ import sys
 
 from optiserve.errors import UserError, run_cli
 
+DEFAULT_GRPC_PORT = 9000  # Triton's and Ray Serve's default gRPC port
+
 EPILOG = """examples:
-  modelserve start --repository build/repo --port 8000
+  modelserve start --repository build/repo --port 8000 --grpc-port 9000
   curl -s localhost:8000/v2/models/mlp
   modelserve status
   modelserve stop
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--config", help="YAML serving config (batching, replicas, devices, token); see README")
     start.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
     start.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
+    start.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT,
+                       help=f"KServe v2 gRPC port on --host (default {DEFAULT_GRPC_PORT}; 0: no gRPC)")
     start.add_argument("--address", help="existing Ray cluster to join (default: RAY_ADDRESS or a local one)")
     start.add_argument("--autoscaling-policy", help="autoscale/ policy name for every model's deployment")
     start.add_argument("--autoscaling-config", help="YAML/JSON parameters of that policy")
@@ -70,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--config", help="YAML serving config")
     config.add_argument("--host", default="127.0.0.1")
     config.add_argument("--port", type=int, default=8000)
+    config.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT,
+                        help=f"KServe v2 gRPC port (default {DEFAULT_GRPC_PORT}; 0: no gRPC)")
     config.add_argument("-o", "--out", help="output file (default: stdout)")
     config.set_defaults(func=_config)
     _add_batch(sub)
@@ -172,6 +178,7 @@ def _start(args: argparse.Namespace) -> int:
         args.repository, host=args.host, port=args.port or free_port(), config_path=args.config,
         autoscaling_policy=args.autoscaling_policy, autoscaling_config=args.autoscaling_config,
         address=args.address, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+        grpc_port=_grpc_port(args.grpc_port),
     )
     for name, version in sorted(info.models.items()):
         print(f"serving {name} (version {version}) at {info.urls[name]}")
@@ -180,8 +187,16 @@ def _start(args: argparse.Namespace) -> int:
     for note in info.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"server metadata: {info.urls['server']}   OpenAPI: {info.urls['openapi']}   docs: {info.urls['docs']}")
+    if info.grpc_port:
+        print(f"gRPC (KServe v2, inference.GRPCInferenceService): {info.host}:{info.grpc_port}")
     print(f"Ray cluster: {info.address}   front end: {info.ingress}   stop with: modelserve stop")
     return 0
+
+
+def _grpc_port(value: int) -> int | None:
+    if value < 0 or value > 65535:
+        raise UserError(f"--grpc-port must be a port number (0: no gRPC), got {value}")
+    return value or None
 
 
 def _connect_existing(address: str | None) -> bool:
@@ -254,7 +269,8 @@ def _config(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     text = cluster_env_comment(cfg) + yaml.safe_dump(
-        serve_config(args.repository, cfg, host=args.host, port=args.port), sort_keys=False)
+        serve_config(args.repository, cfg, host=args.host, port=args.port, grpc_port=_grpc_port(args.grpc_port)),
+        sort_keys=False)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(text)
