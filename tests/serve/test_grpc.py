@@ -55,11 +55,13 @@ def publish_ints(repo, tmp) -> str:
     return publish(tmp / "ints.onnx", repo, "ints").version
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory, helpers):
+@pytest.fixture(scope="module", params=["haproxy", "proxy"])
+def live(request, tmp_path_factory, helpers):
+    """The same app behind either HTTP front end (serve/_ingress.py): gRPC must not depend on which one runs."""
     import ray
 
     import serve
+    from serve import _ingress
 
     root = tmp_path_factory.mktemp("grpc")
     repo = root / "models"
@@ -68,12 +70,15 @@ def live(tmp_path_factory, helpers):
     helpers.publish(repo, "tiny", "mlp", seed=4, tmp=root)
     helpers.publish_mixed(repo, root)
     publish_ints(repo, root)
-    (root / "serve.yaml").write_text(CONFIG)
-    old = {k: os.environ.get(k) for k in ("MS_GRPC_TOKEN", "OPTISERVE_STATE_DIR")}
-    os.environ.update(MS_GRPC_TOKEN=TOKEN, OPTISERVE_STATE_DIR=str(root / "state"))
+    (root / "serve.yaml").write_text(f"ingress: {request.param}\n" + CONFIG)
+    env = _ingress.cluster_env(request.param, str(root), free_port)
+    env.update(MS_GRPC_TOKEN=TOKEN, OPTISERVE_STATE_DIR=str(root / "state"))
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # ray.init(address="local") starts the head from this process's environment
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         info = serve.start_app(repo, port=free_port(), grpc_port=free_port(), config_path=root / "serve.yaml")
+        assert info.ingress == request.param
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{info.grpc_port}")
         yield {"info": info, "repo": repo, "client": client}
         client.close()
