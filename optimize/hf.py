@@ -203,7 +203,7 @@ def quantize_hf(model_dir: Path, out: Path, config: QuantizeConfig, *,
                       "reason": f"optimum AutoQuantizationConfig.{chosen_preset} (dynamic); {fmt.reason}"},
         export={"max_abs_diff": torch_diff or 0.0, "tolerance": 1e-4, "verified_samples": len(evaluation),
                 "exporter": "optimum main_export (validated)"})
-    choose(report, kind_order(cpu, has_conv=False))
+    choose(report, kind_order(cpu, has_conv=False), config.batch_size)
     for extra in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (work / "export" / extra).is_file():  # what a serving process needs besides the graph
             shutil.copyfile(work / "export" / extra, out / extra)

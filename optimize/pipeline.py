@@ -9,10 +9,11 @@ interleaved rounds, applies the accuracy budget, and hands a report to `optimize
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from optimize.export import session
@@ -48,12 +49,15 @@ class RunSettings:
     allow_pickle: bool = False
     generated_samples: int = 256  # inputs generated for output agreement when no data is given
     data: DataOptions = DataOptions()  # how to read data files: --inputs, --labels, --feature-columns
+    batch_size: int = 32  # the batch size the choice optimises for; the others timed only guard against slowdowns
 
     def __post_init__(self) -> None:
         if self.max_accuracy_drop < 0:
             raise UserError("--max-accuracy-drop must be >= 0")
         if self.threads < 1 or self.repeats < 5:
             raise UserError("--threads must be >= 1 and --repeats >= 5")
+        if self.batch_size < 1:
+            raise UserError("--batch-size must be >= 1")
 
     def settings(self) -> RunSettings:
         """Just the shared part (plain fields, so it ships to Ray tasks as a dict)."""
@@ -177,20 +181,23 @@ class VariantSet:
         return result
 
     def _note_if_identical(self, result: VariantResult) -> None:
-        """Two recipes can give the same bytes (e.g. calibrations that agree): say so rather than offer a choice."""
+        """Two recipes can give the same bytes (calibrations that agree, per-channel weights on a graph with none
+        to split): say so rather than offer a choice, and time that model once (`measure` copies the figures)."""
         digest = self._digests[result.name] = sha256_file(self.paths[result.name])
         twin = next((n for n, d in self._digests.items() if n != result.name and d == digest), None)
         if twin is not None:
             result.extra["identical_to"] = twin
-            self.notes.append(f"{result.name} is byte-identical to {twin}: the two recipes gave the same model")
+            self.notes.append(f"{result.name} is byte-identical to {twin}: the two recipes gave the same model, "
+                              "measured once")
 
     def ordered(self) -> list[VariantResult]:
         """PyTorch eager first (the reference), then the variants in the order they were added."""
         return [self.results[n] for n in sorted(self.results, key=lambda n: n != "pytorch")]
 
     def measure(self, source: SourceModel, inputs: Inputs, settings: RunSettings) -> None:
-        """Sizes, latencies (interleaved rounds, batch 1 and 32, a batch curve), accuracy and agreement of every
-        built variant and of PyTorch eager, side by side in this process."""
+        """Sizes, latencies (interleaved rounds at batch 1, 32 and `settings.batch_size`, a batch curve), accuracy
+        and agreement of every built variant and of PyTorch eager, side by side in this process. A variant
+        byte-identical to an earlier one is not timed again: it gets that one's figures."""
         import torch
 
         from optimize.choice import beats
@@ -200,12 +207,16 @@ class VariantSet:
         if source.module is not None:
             runners["pytorch"] = source.run_torch
             self.results.setdefault("pytorch", VariantResult("pytorch", "pytorch"))
+        twins = {n: r.extra["identical_to"] for n, r in self.results.items() if "identical_to" in r.extra}
         for name, path in self.paths.items():
-            sess = session(path, settings.threads)
-            runners[name] = lambda feed, s=sess: s.run(None, feed)[0]
+            if name not in twins:
+                sess = session(path, settings.threads)
+                runners[name] = lambda feed, s=sess: s.run(None, feed)[0]
         data = inputs.evaluation
         b1 = time_interleaved(runners, tile_batch(data, 1), settings.repeats * 2)
         b32 = time_interleaved(runners, tile_batch(data, 32), settings.repeats)
+        asked = settings.batch_size
+        bn = time_interleaved(runners, tile_batch(data, asked), settings.repeats) if asked not in (1, 32) else {}
         onnx_runners = {k: v for k, v in runners.items() if k != "pytorch"}
         curve = {bs: time_interleaved(onnx_runners, tile_batch(data, bs), max(10, settings.repeats // 4), warmup=2)
                  for bs in CURVE_BATCHES}
@@ -219,6 +230,7 @@ class VariantSet:
             r.latency_b1_rounds_ms, r.latency_b32_rounds_ms = list(b1[name].round_p50_ms), \
                 list(b32[name].round_p50_ms)
             r.latency_b1_spread_pct, r.latency_b32_spread_pct = b1[name].spread_pct, b32[name].spread_pct
+            r.batch_rounds_ms = {str(asked): list(bn[name].round_p50_ms)} if bn else {}
             r.throughput_sps = 32e3 / b32[name].p50_ms
             vs_fp32 = ratio(b32["fp32"].round_p50_ms, b32[name].round_p50_ms)
             r.speedup_vs_fp32, r.speedup_vs_fp32_interval = vs_fp32.value, [vs_fp32.low, vs_fp32.high]
@@ -237,9 +249,21 @@ class VariantSet:
                 r.accuracy_change_pts = 100 * (r.accuracy - ref_acc)
             r.within_budget = within_budget(inputs.labelled, settings.max_accuracy_drop, r.accuracy_change_pts,
                                             r.relative_error)
-        for name in outputs:
+        for name, twin in twins.items():
+            _copy_measurements(self.results[twin], self.results[name])
+        for name in [*outputs, *twins]:
             self.results[name].faster_than_fp32 = None if name == "fp32" else \
-                beats(self.results[name], self.results["fp32"])
+                beats(self.results[name], self.results["fp32"], asked)
+
+
+_NOT_MEASURED = {"name", "kind", "path", "calibration_method", "per_channel", "error", "extra"}
+
+
+def _copy_measurements(source: VariantResult, target: VariantResult) -> None:
+    """Give a byte-identical variant the figures of the one it equals (the same model, timed once)."""
+    for f in fields(VariantResult):
+        if f.name not in _NOT_MEASURED:
+            setattr(target, f.name, copy.deepcopy(getattr(source, f.name)))
 
 
 def finish(report: VariantsReport, out: Path, markdown: Callable[[VariantsReport], str] | None = None,

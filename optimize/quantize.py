@@ -1,8 +1,9 @@
 """`quantize(model, QuantizeConfig)`: PyTorch/ONNX model -> verified, measured int8 and fp16 ONNX variants.
 
 Pipeline: load safely -> export fp32 ONNX with a dynamic batch axis and verify it against PyTorch ->
-onnxruntime pre-processing -> build variants (dynamic int8, static QDQ int8 per calibration method, fp16, and
-onnxruntime's one-line quantize_dynamic as the anchor) -> measure all of them side by side, in interleaved
+onnxruntime pre-processing -> build variants (dynamic int8, static QDQ int8 per calibration method, each with
+per-channel and per-tensor weights, fp16, and onnxruntime's one-line quantize_dynamic as the anchor; a build
+byte-identical to an earlier one is measured once) -> measure all of them side by side, in interleaved
 rounds -> choose by the noise-aware rule of `optimize.choice` -> write model.onnx, every variant, report.json
 and report.md. Everything is built in a private staging folder that replaces OUT's contents only on success.
 The shared steps (inputs, the variant set, measurement, the budget, finish) are `optimize.pipeline`'s.
@@ -10,10 +11,10 @@ The shared steps (inputs, the variant set, measurement, the budget, finish) are 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from optimize._workspace import staged
+from optimize._workspace import private_dir, staged
 from optimize.choice import ANCHOR, choose, kind_order
 from optimize.cpu import choose_format, detect_cpu
 from optimize.export import export_onnx
@@ -41,7 +42,13 @@ class QuantizeConfig(RunSettings):
             raise UserError(f"calibration method(s) {bad} unknown; choose from {', '.join(CALIBRATION_METHODS)}")
 
 
+PER_TENSOR = "-per-tensor"  # the name suffix of the per-tensor twin of a per-channel int8 variant
+
+
 def variant_specs(config: QuantizeConfig, has_calibration: bool) -> tuple[list[VariantSpec], list[str]]:
+    """What to build. `--method auto` also builds each per-channel int8 variant's per-tensor twin: per-channel
+    weight scales cost a fixed few µs per call (mostly visible at batch 1) and buy accuracy only on some models,
+    so both are measured and the choice decides. A named method builds just what `per_channel` says."""
     specs, notes = [], []
     if config.method in ("auto", "dynamic"):
         specs.append(VariantSpec("dynamic-int8", "dynamic", per_channel=config.per_channel))
@@ -53,6 +60,8 @@ def variant_specs(config: QuantizeConfig, has_calibration: bool) -> tuple[list[V
             raise UserError("--method static needs --calibration-data (an .npz of representative inputs)")
         else:
             notes.append("static int8 skipped: it needs --calibration-data")
+    if config.method == "auto" and config.per_channel:
+        specs += [replace(s, name=s.name + PER_TENSOR, per_channel=False) for s in list(specs)]
     if config.method in ("auto", "fp16"):
         specs.append(VariantSpec("fp16", "fp16"))
     return specs, notes
@@ -88,11 +97,14 @@ def _quantize(model_path: Path, out: Path, config: QuantizeConfig, calibration_p
     specs, notes = variant_specs(config, inputs.calibration is not None)
     variants = VariantSet(out, inputs.notes + notes)
     variants.add(VariantResult("fp32", "fp32"), exported.path)
-    for spec in specs:
-        progress(f"building {spec.name}")
-        variants.add(VariantResult(spec.name, spec.kind, calibration_method=spec.calibration_method,
-                                   per_channel=spec.per_channel),
-                     lambda s=spec: build(s, pre, variants_dir / f"{s.name}.onnx", fmt, inputs.calibration))
+    with private_dir(out, ".calibration-") as caches:  # one calibration per method, shared by both granularities
+        for spec in specs:
+            progress(f"building {spec.name}")
+            cache = caches / f"{spec.calibration_method}.json" if spec.kind == "static" else None
+            variants.add(VariantResult(spec.name, spec.kind, calibration_method=spec.calibration_method,
+                                       per_channel=spec.per_channel),
+                         lambda s=spec, c=cache: build(s, pre, variants_dir / f"{s.name}.onnx", fmt,
+                                                       inputs.calibration, calibration_cache=c))
     if config.method == "auto":  # the anchor: onnxruntime's one-liner, so the choice is never slower than it
         progress("building onnxruntime's one-liner (the anchor)")
         variants.add(VariantResult(ANCHOR, "dynamic", extra={"recipe": "onnxruntime.quantization.quantize_dynamic("
@@ -117,6 +129,6 @@ def _quantize(model_path: Path, out: Path, config: QuantizeConfig, calibration_p
     report = QuantizeReport(**report_fields(source, inputs, config, cpu, variants), quant_format=asdict(fmt),
                             export={"max_abs_diff": exported.max_abs_diff, "tolerance": exported.tolerance,
                                     "verified_samples": exported.verified_samples}, chosen=None)
-    choose(report, kinds)
+    choose(report, kinds, config.batch_size)
     finish(report, out, to_markdown)
     return report

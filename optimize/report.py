@@ -24,7 +24,8 @@ class VariantResult:
     latency_b32_p50_ms: float | None = None
     latency_b32_p95_ms: float | None = None
     latency_b1_rounds_ms: list[float] = field(default_factory=list)  # median of each interleaved round, batch 1
-    latency_b32_rounds_ms: list[float] = field(default_factory=list)  # the same at batch 32: what choices compare
+    latency_b32_rounds_ms: list[float] = field(default_factory=list)  # the same at batch 32
+    batch_rounds_ms: dict[str, list[float]] = field(default_factory=dict)  # the same at --batch-size if not 1 or 32
     latency_b1_spread_pct: float | None = None  # half the median's confidence interval, % of the median
     latency_b32_spread_pct: float | None = None
     throughput_sps: float | None = None  # samples/s at batch 32
@@ -39,7 +40,7 @@ class VariantResult:
     top1_agreement: float | None = None
     quantized_share: float | None = None  # share of MatMul/Gemm/Conv running in int8
     within_budget: bool | None = None
-    faster_than_fp32: bool | None = None  # beats fp32 by optimize.choice's rule (beyond the noise, at b32 and b1)
+    faster_than_fp32: bool | None = None  # beats fp32 by optimize.choice's rule (at --batch-size, guarded at others)
     error: str | None = None  # why the variant could not be built or measured
     extra: dict[str, Any] = field(default_factory=dict)  # producer-specific facts (e.g. prune ratio, params)
 
@@ -93,8 +94,7 @@ class QuantizeReport(VariantsReport):
     eval_samples: int = 0
     created_unix_s: float = 0.0
     schema_version: int = SCHEMA_VERSION
-    choice: dict[str, Any] = field(default_factory=dict)  # the rule applied, the tie, the one-liner comparison
-
+    choice: dict[str, Any] = field(default_factory=dict)  # batch size, the rule applied, the tie, the one-liner
 
 
 def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
@@ -149,6 +149,8 @@ def to_markdown(report: QuantizeReport) -> str:
         f"- timings: onnxruntime and PyTorch with {report.threads} thread(s), p50/p95 over interleaved rounds; "
         "± is half the ~96% confidence interval of the median over rounds, x fp32 is the median of paired "
         "per-round ratios with its interval",
+        f"- choice optimised for batch size {report.choice.get('batch_size', 32)} (--batch-size); "
+        f"not slower beyond the noise at batch {', '.join(map(str, report.choice.get('guard_batch_sizes', [1])))}",
         f"- choice rule: {report.choice.get('rule', '-')}",
         f"- export check: max |ONNX − PyTorch| = {report.export['max_abs_diff']:.3g} "
         f"(tolerance {report.export['tolerance']:.3g}, {report.export['verified_samples']} samples)",

@@ -192,7 +192,7 @@ def _sweep(source, inputs, points, notes, executor, model_path, out, variants_di
     )
     for v in report.variants:
         v.extra["pareto"] = v.name in report.pareto
-    choose(report)  # quantize's noise-aware rule (optimize.choice)
+    choose(report, batch_size=config.batch_size)  # quantize's noise-aware rule (optimize.choice)
     finish(report, out)
     (out / "report.html").write_text(render(report))
     return report

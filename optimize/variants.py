@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from optimize._workspace import build_privately
+from optimize._workspace import build_privately, private_dir
 from optimize.cpu import QuantFormat
 from optiserve.data import Dataset
 
@@ -59,8 +59,12 @@ def _qtype(name: str):
 
 
 def build(spec: VariantSpec, pre: Path, out: Path, fmt: QuantFormat, calibration: Dataset | None,
-          nodes_to_exclude: list[str] | None = None) -> Path:
-    """Write the variant to `out`. `nodes_to_exclude` keeps those nodes in float (accuracy-aware fallback)."""
+          nodes_to_exclude: list[str] | None = None, calibration_cache: Path | None = None) -> Path:
+    """Write the variant to `out`. `nodes_to_exclude` keeps those nodes in float (accuracy-aware fallback).
+    `calibration_cache`: a JSON file of this calibration method's tensor ranges, computed and written when it does
+    not exist yet and read back when it does, so per-channel and per-tensor builds calibrate once between them
+    (the ranges are activations', which the weight granularity does not change). Never share one between
+    concurrent builds."""
     from onnxruntime.quantization import CalibrationMethod, quantize_dynamic, quantize_static
     from onnxruntime.quantization import QuantFormat as OrtFormat
 
@@ -77,7 +81,7 @@ def build(spec: VariantSpec, pre: Path, out: Path, fmt: QuantFormat, calibration
         elif spec.kind == "static":
             method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                       "percentile": CalibrationMethod.Percentile}[spec.calibration_method or "minmax"]
-            cache = _calibrate(src, method, calibration, dst.parent)
+            cache = _calibrate(src, method, calibration, calibration_cache or dst.parent / "calibration.json")
             extra = {"ActivationSymmetric": fmt.activation_type == "int8"}
             if method == CalibrationMethod.Percentile:
                 extra["CalibPercentile"] = PERCENTILE
@@ -103,17 +107,18 @@ HISTOGRAM_BINS = {"Entropy": {"num_bins": 2048, "num_quantized_bins": 128}}
 PERCENTILE = 99.99
 
 
-def _calibrate(model: Path, method, calibration: Dataset, folder: Path) -> Path | None:
-    """Tensor ranges computed with HISTOGRAM_BINS, saved as the calibration cache quantize_static reads back."""
-    if method.name not in HISTOGRAM_BINS:
-        return None
+def _calibrate(model: Path, method, calibration: Dataset, cache: Path) -> Path:
+    """The calibration cache quantize_static reads back (or, for a method it calibrates itself, writes on its
+    first use): tensor ranges computed here with HISTOGRAM_BINS where onnxruntime's defaults fall short."""
+    if method.name not in HISTOGRAM_BINS or cache.exists():
+        return cache
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
-    calibrator = create_calibrator(model, None, augmented_model_path=str(folder / "augmented.onnx"),
-                                   calibrate_method=method, extra_options=HISTOGRAM_BINS[method.name])
-    calibrator.collect_data(_Reader(calibration))
-    cache = folder / "calibration.json"
-    save_tensors_data(calibrator.compute_data(), cache)
+    with private_dir(cache.parent, ".calibrate-") as work:  # the augmented model is scratch
+        calibrator = create_calibrator(model, None, augmented_model_path=str(work / "augmented.onnx"),
+                                       calibrate_method=method, extra_options=HISTOGRAM_BINS[method.name])
+        calibrator.collect_data(_Reader(calibration))
+        save_tensors_data(calibrator.compute_data(), cache)
     return cache
 
 

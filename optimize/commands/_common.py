@@ -50,6 +50,9 @@ def add_settings_arguments(p: argparse.ArgumentParser, repeats: int = 100, overr
                    "default 1")
     p.add_argument("--repeats", type=int, default=default(repeats),
                    help=f"timed runs per variant and batch size (default {repeats})")
+    p.add_argument("--batch-size", type=int, default=default(32), metavar="N",
+                   help="the batch size the choice optimises for (the model must beat the others there; at the "
+                   "other sizes timed, 1 and 32, it must only not be slower); default 32")
     p.add_argument("--allow-pickle", action="store_true", default=default(False),
                    help="load a pickled nn.Module (runs code: trust it)")
     add_data_arguments(p)
@@ -59,7 +62,8 @@ def settings_from(args) -> dict:
     """The `RunSettings` fields those flags set (an unset overrides-only flag, or no data flag, sets nothing)."""
     data = data_options(args) if args.inputs or args.labels or args.feature_columns else None
     given = {"max_accuracy_drop": args.max_accuracy_drop, "threads": args.threads, "repeats": args.repeats,
-             "input_shape": args.input_shape, "allow_pickle": args.allow_pickle, "data": data}
+             "input_shape": args.input_shape, "allow_pickle": args.allow_pickle, "data": data,
+             "batch_size": args.batch_size}
     return {k: v for k, v in given.items() if v is not None}
 
 

@@ -12,6 +12,7 @@ EXAMPLES = """\
   optimize quantize model.pt2 --method static --calibration-method entropy --out build/q
   optimize quantize model.onnx --input-shape 1,64 --out build/q          # no data: output agreement only
   optimize quantize model.pt --out build/q --publish build/repo --name digits-mlp
+  optimize quantize model.pt2 --calibration-data calib.npz --batch-size 1 --out build/q   # serve one at a time
   optimize quantize my-bert/ --eval-data tokens.npz --out build/q   # save_pretrained folder: optimum O1-O3 + int8
   # tabular data: columns in file order are the features, the column named label/target/class/y the labels
   optimize quantize model.pt --calibration-data train.csv --eval-data test.csv --label-column species \\
@@ -34,7 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--calibration-data", type=Path, help=f"{DATA_FORMATS} of representative inputs (static int8)")
     p.add_argument("--calibration-method", default="minmax,entropy,percentile",
                    help="comma-separated static calibration methods (default: all three)")
-    p.add_argument("--no-per-channel", action="store_true", help="per-tensor instead of per-channel weights")
+    p.add_argument("--no-per-channel", action="store_true",
+                   help="per-tensor weights only (default: per-channel; --method auto also tries each int8 "
+                   "variant with per-tensor weights, the -per-tensor variants)")
     p.add_argument("--eval-data", type=Path, help=f"{DATA_FORMATS} with inputs and labels for accuracy")
     p.add_argument("--publish", type=Path, metavar="REPO", help="publish the chosen model into this repository")
     p.add_argument("--name", help="model name in the repository (default: the model file's stem)")

@@ -37,6 +37,16 @@ def test_quantize_and_publish_end_to_end(examples_dir, tmp_path):
     assert manifest["report"]["chosen"] == "dynamic-int8" and manifest["inputs"][0]["shape"] == [-1, 64]
 
 
+def test_batch_size_flag_reaches_the_choice(examples_dir, tmp_path, capsys):
+    mlp = examples_dir / "mlp"
+    assert main(["quantize", str(mlp / "model.pt2"), "--batch-size", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
+    code = main(["quantize", str(mlp / "model.pt2"), "--method", "dynamic", "--batch-size", "1", "--eval-data",
+                 str(mlp / "eval.npz"), "--repeats", "5", "--out", str(tmp_path / "q")])
+    choice = _report(tmp_path / "q")["choice"]
+    assert code in (0, 1) and choice["batch_size"] == 1 and choice["guard_batch_sizes"] == [32]
+
+
 def test_exit_1_when_no_variant_meets_the_budget(examples_dir, tmp_path, capsys):
     mlp = examples_dir / "mlp"
     code = main(["quantize", str(mlp / "model.pt"), "--method", "fp16", "--input-shape", "1,64",

@@ -26,8 +26,9 @@ def mlp_report(examples_dir, tmp_path_factory):
 def test_every_variant_is_built_and_measured(mlp_report):
     out, report = mlp_report
     names = [v.name for v in report.variants]
-    assert names == ["pytorch", "fp32", "dynamic-int8", "static-int8-minmax", "static-int8-entropy",
-                     "static-int8-percentile", "fp16", ANCHOR]
+    int8 = ["dynamic-int8", "static-int8-minmax", "static-int8-entropy", "static-int8-percentile"]
+    assert names == ["pytorch", "fp32", *int8, *[f"{n}-per-tensor" for n in int8], "fp16", ANCHOR]
+    assert all(report.variant(n).per_channel and not report.variant(f"{n}-per-tensor").per_channel for n in int8)
     for v in report.variants:
         assert v.error is None
         assert v.latency_b1_p50_ms > 0 and v.latency_b32_p95_ms >= v.latency_b32_p50_ms > 0
@@ -48,6 +49,10 @@ def test_each_calibration_gives_its_own_model(mlp_report):
     static = [report.variant(f"static-int8-{m}") for m in ("minmax", "entropy", "percentile")]
     assert len({(out / v.path).read_bytes() for v in static}) == 3  # entropy used to equal min-max byte for byte
     assert not any("identical_to" in v.extra for v in static)
+    for v in static:  # the per-tensor twin shares the calibration, not the weights' scales
+        twin = report.variant(f"{v.name}-per-tensor")
+        assert (out / twin.path).read_bytes() != (out / v.path).read_bytes() and "identical_to" not in twin.extra
+        assert twin.size_bytes < v.size_bytes and twin.accuracy is not None
 
 
 def test_int8_is_smaller_and_agrees_with_fp32(mlp_report):
@@ -88,9 +93,21 @@ def test_report_round_trips_and_renders(mlp_report):
     assert json.loads((out / "report.json").read_text())["schema_version"] == 1
     md = (out / "report.md").read_text()
     assert md == to_markdown(report) and f"{report.chosen or 'fp32'}" in md and "reduce_range" in md
-    assert "±" in md and "choice rule" in md
+    assert "±" in md and "choice rule" in md and "choice optimised for batch size 32" in md
     with pytest.raises(ValueError, match="schema"):
         QuantizeReport.from_dict({**report.to_dict(), "schema_version": 99})
+
+
+def test_the_batch_size_asked_for_is_timed_and_reported(examples_dir, tmp_path):
+    mlp = examples_dir / "mlp"
+    report = quantize(mlp / "model.pt2", tmp_path, QuantizeConfig(method="dynamic", batch_size=8, repeats=5),
+                      eval_path=mlp / "eval.npz")
+    assert [v.name for v in report.variants] == ["pytorch", "fp32", "dynamic-int8"]  # a named method: no twins
+    assert all(len(v.batch_rounds_ms["8"]) == ROUNDS for v in report.variants)
+    assert report.choice["batch_size"] == 8 and report.choice["guard_batch_sizes"] == [1, 32]
+    assert "batch-8 speed ratio" in report.choice["rule"]
+    assert "choice optimised for batch size 8" in (tmp_path / "report.md").read_text()
+    assert QuantizeReport.load(tmp_path / "report.json") == report
 
 
 def test_exported_program_cnn_static_only(examples_dir, tmp_path):
