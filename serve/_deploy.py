@@ -86,7 +86,7 @@ def model_app_args(repository: Path, name: str, cfg: ServeConfig, token_sha256: 
 def grpc_app_args(served: dict[str, str], cfg: ServeConfig, token_sha256: str | None, host: str,
                   grpc_port: int) -> dict[str, Any]:
     return {"models": sorted(served), "token_sha256": token_sha256, "host": host, "port": grpc_port,
-            "max_body_bytes": cfg.max_body_bytes, "ingress_cpus": cfg.ingress_cpus}
+            "max_body_bytes": cfg.max_body_bytes}
 
 
 def serve_config(repository: Path, cfg: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000,

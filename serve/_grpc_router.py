@@ -6,12 +6,12 @@ call without it reaches an application only when exactly one is deployed (Python
 one application per model plus the server app, so a plain Triton client (no such metadata) would get NOT_FOUND.
 Serve's gRPC server also binds every interface (`[::]:port`), and its port is fixed when Serve first starts.
 
-So this deployment runs a grpc.aio server itself, bound where the user says (127.0.0.1 by default), answers
-ServerLive/ServerReady/ServerMetadata, and forwards ModelInfer/ModelMetadata/ModelReady to the model's
-deployment by `model_name` through a DeploymentHandle: the same one hop the Python proxy makes, and the same
-replicas, batcher and bounded queues the HTTP path uses, whichever front end (haproxy or proxy) serves HTTP.
-ModelInfer's bytes are forwarded unparsed past `model_name`; the model replica translates them
-(serve/_grpc.py) and answers serialized bytes.
+So this deployment runs a grpc.aio server itself, on the head node, bound where the user says (127.0.0.1 by
+default), answers ServerLive/ServerReady/ServerMetadata, and forwards ModelInfer/ModelMetadata/ModelReady to
+the model's deployment by `model_name` through a DeploymentHandle: the same one hop the Python proxy makes, and
+the same replicas, batcher and bounded queues the HTTP path uses, whichever front end (haproxy or proxy) serves
+HTTP. ModelInfer's bytes are forwarded as received (the router reads only `model_name`); the model replica
+translates them (serve/_grpc.py) and answers serialized bytes.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from serve._messages import InferError
 
 GRPC_APP = "optiserve-grpc"  # not "optiserve.<x>": that prefix names model applications
 GRPC_DEPLOYMENT = "grpc"
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource of the head node (Ray's own state actors use it)
 log = logging.getLogger("optiserve.serve")
 pb = _grpc.pb
 
@@ -60,7 +61,7 @@ class GrpcRouter:
         ])
         self._server.add_generic_rpc_handlers((self._handlers(),))
         try:
-            bound = self._server.add_insecure_port(f"{host}:{port}")
+            bound = self._server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         except RuntimeError:
             bound = 0
         if not bound:
@@ -173,7 +174,9 @@ def _answer(result: tuple[int, Any, float | None]) -> Any:
 def grpc_app(args: dict[str, Any]):
     """Ray Serve application builder for the gRPC front end (import path `serve._grpc_router:grpc_app`)."""
     options = {"ray_actor_options": {
-        "num_cpus": float(args.get("ingress_cpus", 0.1)),
+        # On the head node and reserving no CPU, as Ray Serve's own proxies: the port is where the user started
+        # the server (or where a cluster's head service points), even on a head that gives tasks no CPUs.
+        "num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001},
         # user code on the replica's own event loop, as Serve's own gRPC server would run
         "runtime_env": {"env_vars": dict(LEAN_REPLICA_FLAGS)},
     }}
