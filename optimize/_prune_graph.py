@@ -7,8 +7,8 @@ exported graph ("modulize"): every `aten.linear` / `aten.convNd` / `aten.batch_n
 weights are graph attributes becomes a call to an nn.Linear / nn.ConvNd / nn.BatchNormNd / nn.LayerNorm named
 after the original PyTorch module (`features.0`), holding the same tensors. Everything else in the graph
 (residual adds, flatten, pooling, activations) stays as it is, and Torch-Pruning follows it through autograd.
-A TorchScript module is first traced into the same kind of aten graph (`trace_script`); ONNX files are not
-prunable here yet.
+A TorchScript module is first traced into the same kind of aten graph (`trace_script`); an ONNX file is
+converted into such a module by `optimize._onnx_to_torch` (already made of nn layers, so not modulized).
 """
 
 from __future__ import annotations
@@ -36,11 +36,14 @@ def prunable_module(source: SourceModel, example: tuple[torch.Tensor, ...] | Non
         return copy.deepcopy(source.module).eval()
     if source.kind == "torchscript":
         return modulize(trace_script(source.module, example)) if example is not None else source.module
-    raise UserError(
-        f"{source.path.name} is an ONNX model, whose layers cannot be pruned here yet: give the TorchScript .pt "
-        "or torch.export .pt2 of the model (torch.export.save(torch.export.export(model, (example,)), "
-        "'model.pt2')), or a pickled nn.Module with --allow-pickle"
-    )
+    if source.kind == "onnx":
+        from optimize._onnx_to_torch import onnx_to_torch
+
+        module = onnx_to_torch(source.path)  # refuses, naming the operator, a graph it cannot convert
+        if not any(isinstance(m, PRUNABLE) for m in module.modules()):
+            raise UserError(f"found no Gemm/MatMul/Conv layer with stored weights to prune in {source.path.name}")
+        return module
+    raise UserError(f"{source.path.name}: models of kind {source.kind!r} cannot be pruned")
 
 
 def trace_script(module: torch.jit.ScriptModule, example: tuple[torch.Tensor, ...]) -> fx.GraphModule:
@@ -227,4 +230,23 @@ def output_layers(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[s
             h.remove()
     outs = out if isinstance(out, tuple | list) else (out,)
     ptrs = {o.untyped_storage().data_ptr() for o in outs if isinstance(o, torch.Tensor)}
-    return [n for n, t in produced.items() if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in ptrs]
+    found = [n for n, t in produced.items() if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in ptrs]
+    return sorted(set(found) | set(_last_layers(model))) if isinstance(model, fx.GraphModule) else found
+
+
+def _last_layers(model: fx.GraphModule) -> list[str]:
+    """Prunable layers that reach the output through no other prunable layer (through a softmax, a reshape):
+    their width is the output's width too, which the storage check above misses."""
+    found, seen = [], set()
+    stack = [n for n in model.graph.nodes if n.op == "output"]
+    while stack:
+        node = stack.pop()
+        for arg in node.all_input_nodes:
+            if arg in seen:
+                continue
+            seen.add(arg)
+            if arg.op == "call_module" and isinstance(model.get_submodule(arg.target), PRUNABLE):
+                found.append(arg.target)
+            else:
+                stack.append(arg)
+    return found

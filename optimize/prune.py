@@ -241,6 +241,7 @@ def _to_onnx(model, example: tuple, inputs: Inputs, folder: Path, stem: str):
     """Save the pruned module as .pt2, export that to ONNX and verify it against the pruned PyTorch model."""
     pt2 = save_program(model, example, folder / f"{stem}.pt2")
     pruned_source = load_model(pt2)
+    pruned_source.input_names = [s.name for s in inputs.specs]  # an ONNX input named `input.1` is `input_1` there
     return pt2, export_onnx(pruned_source, inputs.specs, inputs.evaluation, folder / f"{stem}.onnx")
 
 
@@ -269,6 +270,16 @@ def _search(base, config: PruneConfig, inputs: Inputs, example: tuple, folder: P
     return trials
 
 
+def _check_conversion(module, source, inputs: Inputs) -> str:
+    """The ONNX graph's torch conversion must compute what onnxruntime computes, before anything is pruned."""
+    from optimize._onnx_to_torch import verify
+
+    batch = inputs.evaluation.take(256)
+    worst = verify(module, source.path, batch, [s.name for s in inputs.specs])
+    return (f"{source.path.name} was converted to a torch module for pruning; it matches onnxruntime within "
+            f"{worst:.2g} (max abs difference) on {len(next(iter(batch.values())))} samples")
+
+
 def prune(model_path: Path, out: Path, config: PruneConfig = PruneConfig(), *, calibration_path: Path | None = None,
           eval_path: Path | None = None, finetune_path: Path | None = None,
           progress: Progress = lambda _msg: None) -> PruneReport:
@@ -290,12 +301,14 @@ def _prune(model_path: Path, out: Path, config: PruneConfig, calibration_path: P
     prunable_module(source)  # refuse what cannot be pruned before reading any data
     inputs = resolve_inputs(source, config, calibration_path, eval_path)
     base = prunable_module(source, _example(inputs))
+    notes = list(inputs.notes)
+    if source.kind == "onnx":
+        notes.append(_check_conversion(base, source, inputs))
     tune = bind(load_dataset(finetune_path, "fine-tuning data", config.data), inputs.specs, "fine-tuning data") \
         if finetune_path else None
     if config.epochs and tune is None:
         raise UserError("--epochs needs --finetune-data (an .npz of inputs and labels to train on)")
     example = _example(inputs)
-    notes = list(inputs.notes)
 
     progress("exporting the unpruned fp32 ONNX model")
     fp32 = export_onnx(source, inputs.specs, inputs.evaluation, variants_dir / "fp32.onnx")

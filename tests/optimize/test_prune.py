@@ -184,12 +184,6 @@ def test_ignore_keeps_a_layer_and_pickles_need_permission(tmp_path, examples_dir
     assert not report.accuracy_measured and report.budget["metric"] == "relative_error_pct"
 
 
-def _onnx_file(folder):
-    path = folder / "linear.onnx"
-    torch.onnx.export(torch.nn.Linear(64, 10), (torch.zeros(1, 64),), str(path), dynamo=False)
-    return path
-
-
 def test_torchscript_is_traced_into_prunable_layers(examples_dir, tmp_path):
     for name, kept in (("mlp", "net.4"), ("cnn", "head.3")):
         data = examples_dir / name
@@ -203,8 +197,6 @@ def test_torchscript_is_traced_into_prunable_layers(examples_dir, tmp_path):
 
 def test_refusals_are_one_sentence(examples_dir, tmp_path, capsys):
     mlp = examples_dir / "mlp"
-    with pytest.raises(UserError, match="ONNX model, whose layers cannot be pruned here yet"):
-        prune(_onnx_file(tmp_path), tmp_path / "out", PruneConfig(**FAST))
     with pytest.raises(UserError, match="matches no module"):
         prune(mlp / "model.pt2", tmp_path, PruneConfig(ignore=("nope",), **FAST), eval_path=mlp / "eval.npz")
     with pytest.raises(UserError, match="needs --calibration-data"):
