@@ -11,7 +11,8 @@ a different variant each time. The rule works on paired per-round timings (`opti
    fp32 export and the command exits 1.
 3. Of the candidates that beat fp32, those that no other candidate beats are tied for fastest (so the choice
    is never beaten by any candidate, onnxruntime's own one-liner included).
-4. Among the tied: the least accuracy drop (an improvement counts as no drop), then the smallest file, then
+4. Among the tied: the least accuracy drop (an improvement counts as no drop), then those no other of them
+   beats at a guard batch size (by the same rule, that size taken as primary), then the smallest file, then
    the kind onnxruntime's guidance prefers for this model and CPU (`kind_order`), then the name.
 
 Pure: reads and fills a report's variants, no timing of its own; tests drive it with injected rounds.
@@ -31,7 +32,8 @@ ANCHOR = "ort-quantize-dynamic"  # onnxruntime's one-line quantize_dynamic with 
 MIN_GAIN = 0.05  # a speed-up under 5 % is not worth a different model, however sure the measurement is
 
 TIMED_BATCHES = (1, 32)  # batch sizes every measurement times in rounds; --batch-size adds its own when different
-TIE_RULE = "least accuracy drop, then smallest file, then kind order, then name"
+TIE_RULE = ("least accuracy drop, then not beaten at the other timed batch sizes by another of them, then smallest "
+            "file, then kind order, then name")
 
 
 def guard_batches(batch_size: int) -> tuple[int, ...]:
@@ -44,7 +46,6 @@ def rule(batch_size: int = 32) -> str:
     return (f"A beats B = A's batch-{batch_size} speed ratio over B has its whole ~96% interval above "
             f"{1 + MIN_GAIN:g} and A is not slower at {guards} beyond the noise; among the variants within the "
             f"budget that beat fp32 and that no other beats: {TIE_RULE}")
-
 
 
 def kind_order(cpu: CpuInfo | None, has_conv: bool) -> tuple[str, ...]:
@@ -71,14 +72,15 @@ def speed_vs(base: VariantResult, other: VariantResult, batch: int = 32) -> Rati
     return ratio(a, b) if a and len(a) == len(b) else None
 
 
-def beats(winner: VariantResult, loser: VariantResult, batch_size: int = 32) -> bool:
+def beats(winner: VariantResult, loser: VariantResult, batch_size: int = 32,
+          guards: tuple[int, ...] | None = None) -> bool:
     """Faster beyond the noise by at least MIN_GAIN at `batch_size`, and not slower beyond the noise at the
-    other timed batch sizes."""
+    `guards` batch sizes (default: the other timed ones)."""
     primary = speed_vs(loser, winner, batch_size)
     if primary is None or primary.low <= 1 + MIN_GAIN:
         return False
-    guards = (speed_vs(loser, winner, b) for b in guard_batches(batch_size))
-    return not any(g is not None and g.slower for g in guards)
+    ratios = (speed_vs(loser, winner, b) for b in (guard_batches(batch_size) if guards is None else guards))
+    return not any(r is not None and r.slower for r in ratios)
 
 
 def accuracy_drop(v: VariantResult, labelled: bool) -> float:
@@ -133,9 +135,7 @@ def choose(report, kinds: tuple[str, ...] | None = None, batch_size: int = 32) -
     else:
         pace = min(faster, key=lambda v: median(rounds_at(v, batch_size)))
         tied = [v for v in faster if not any(beats(w, v, batch_size) for w in faster)] or [pace]
-        rank = {k: i for i, k in enumerate(kinds)}
-        best = min(tied, key=lambda v: (accuracy_drop(v, report.accuracy_measured), v.size_bytes or 0,
-                                        rank.get(v.kind, len(rank)), v.name))
+        best = _break_tie(tied, report.accuracy_measured, kinds, batch_size)
         report.chosen = best.name
         choice["tied"] = sorted(v.name for v in tied)
         choice["vs_fp32"] = _by_batch(fp32, best, batches)
@@ -145,6 +145,20 @@ def choose(report, kinds: tuple[str, ...] | None = None, batch_size: int = 32) -
         report.notes.append(f"chosen for batch {batch_size}: {best.name}, against fp32 {_ratios(fp32, best, batches)}")
     choice["anchor"] = _against_anchor(report, batch_size)
     report.choice = choice
+
+
+def _break_tie(tied: list[VariantResult], labelled: bool, kinds: tuple[str, ...], batch_size: int) -> VariantResult:
+    """The tie rule (TIE_RULE). Speed at the guard sizes comes after accuracy and before size: e.g. per-channel
+    and per-tensor weights tie at batch 32, but per-channel scales cost a fixed few µs per call at batch 1."""
+    least = min(accuracy_drop(v, labelled) for v in tied)
+    level = [v for v in tied if accuracy_drop(v, labelled) == least]
+    def beaten_at(v: VariantResult, b: int) -> bool:  # and not slower at the other sizes, the primary included
+        others = tuple(x for x in (batch_size, *TIMED_BATCHES) if x != b)
+        return any(beats(w, v, b, others) for w in level)
+
+    quick = [v for v in level if not any(beaten_at(v, b) for b in guard_batches(batch_size))] or level
+    rank = {k: i for i, k in enumerate(kinds)}
+    return min(quick, key=lambda v: (v.size_bytes or 0, rank.get(v.kind, len(rank)), v.name))
 
 
 def _against_anchor(report, batch_size: int = 32) -> dict[str, Any] | None:

@@ -179,3 +179,17 @@ def test_a_byte_identical_twin_is_not_another_candidate_and_the_anchor_twin_is_t
     assert r.chosen == "dynamic-int8-per-tensor" and r.choice["tied"] == ["dynamic-int8-per-tensor"]
     assert r.choice["anchor"]["verdict"] == "is" and set(r.choice["anchor"]["by_batch"]) == {"1", "32"}
     assert any("is that model, byte for byte" in n for n in r.notes)
+
+
+def test_among_the_tied_the_one_faster_at_the_guard_batch_size_wins_before_size():
+    # same accuracy, same size: without the guard-size step the name ("dynamic-int8" < "...-per-tensor") would pick
+    per_channel = variant("dynamic-int8", "dynamic", 0.5, b1_scale=0.6)
+    per_tensor = variant("dynamic-int8-per-tensor", "dynamic", 0.5, b1_scale=0.4, noise=JITTER)
+    r = report(per_channel, per_tensor)
+    choose(r)
+    assert r.choice["tied"] == ["dynamic-int8", "dynamic-int8-per-tensor"] and r.chosen == "dynamic-int8-per-tensor"
+    # within the noise at batch 1 as well: back to size, then name
+    r = report(variant("dynamic-int8", "dynamic", 0.5, b1_scale=0.4, b1_noise=JITTER),
+               variant("dynamic-int8-per-tensor", "dynamic", 0.5, b1_scale=0.4, noise=JITTER))
+    choose(r)
+    assert r.chosen == "dynamic-int8"
