@@ -31,6 +31,7 @@ defaults: {max_batch_size: 16, batch_wait_timeout_ms: 2, cpus: 0.25}
 models:
   tiny: {max_queue: 1, max_batch_size: 1, batch_wait_timeout_ms: 0}
 auth_token_env: MS_GRPC_TOKEN
+max_body_bytes: 65536
 """
 
 
@@ -194,33 +195,43 @@ def test_client_mistakes_are_never_internal(live):
     assert status_of(lambda: c.infer("mlp", [given("input", x, "FP32")])) == "StatusCode.UNAUTHENTICATED"
     assert status_of(lambda: c.is_server_live(headers={"authorization": "Bearer nope"})) == \
         "StatusCode.UNAUTHENTICATED"
+    big = np.zeros((300, 64), np.float32)  # 76.8 kB, over max_body_bytes (64 KiB): refused by gRPC itself
+    assert status_of(lambda: c.infer("mlp", [given("input", big, "FP32")], headers=AUTH)) == \
+        "StatusCode.RESOURCE_EXHAUSTED"
     assert c.infer("mlp", [given("input", x, "FP32")], headers=AUTH).as_numpy("logits").shape == (1, 10)
 
 
-def test_overload_is_unavailable_and_concurrent_answers_are_right(live):
+def test_overload_is_unavailable_with_retry_after_and_concurrent_answers_are_right(live):
     x = np.random.default_rng(3).random((1, 64), dtype=np.float32)
     expected = reference(live["repo"], "tiny", "1", {"input": x})
-    local, clients, lock = threading.local(), [], threading.Lock()
+    message = service_pb2.ModelInferRequest(model_name="tiny")
+    message.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+    message.raw_input_contents.append(x.tobytes())
+    local, channels, lock = threading.local(), [], threading.Lock()
 
     def call(_):
-        if not hasattr(local, "client"):
-            local.client = grpcclient.InferenceServerClient(f"127.0.0.1:{live['info'].grpc_port}")
+        if not hasattr(local, "stub"):  # one connection per thread, as separate clients would have
+            channel = grpc.insecure_channel(f"127.0.0.1:{live['info'].grpc_port}")
+            local.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
             with lock:
-                clients.append(local.client)
+                channels.append(channel)
         try:
-            result = local.client.infer("tiny", [given("input", x, "FP32")], headers=AUTH)
-        except InferenceServerException as exc:
-            return exc.status()
-        np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
-        return "OK"
+            answer = local.stub.ModelInfer(message, metadata=tuple(AUTH.items()), timeout=60)
+        except grpc.RpcError as exc:
+            return exc.code().name, dict(exc.trailing_metadata() or ()).get("retry-after")
+        np.testing.assert_allclose(np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(1, 10), expected,
+                                   rtol=1e-5, atol=1e-6)
+        return "OK", None
 
     try:
         with cf.ThreadPoolExecutor(32) as pool:
-            codes = list(pool.map(call, range(160)))
+            results = list(pool.map(call, range(160)))
     finally:
-        for client in clients:
-            client.close()
-    assert set(codes) <= {"OK", "StatusCode.UNAVAILABLE"} and "OK" in codes and "StatusCode.UNAVAILABLE" in codes
+        for channel in channels:
+            channel.close()
+    codes = {code for code, _ in results}
+    assert codes == {"OK", "UNAVAILABLE"}  # nothing else (never INTERNAL), and both happen
+    assert all(retry == "1" for code, retry in results if code == "UNAVAILABLE")
     assert live["client"].infer("tiny", [given("input", x, "FP32")], headers=AUTH).as_numpy("logits").shape == (1, 10)
 
 
