@@ -63,6 +63,10 @@ def _pool(kind: str, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int
     return fn(x, kernel, stride, padding, ceil_mode, count_include_pad)
 
 
+# fx targets whose shapes are constants of the graph: the layers feeding them cannot be pruned
+FIXED_SHAPE_OPS = (_reshape,)
+
+
 class _Unsupported(Exception):
     """The node cannot be converted; the message says why."""
 

@@ -237,8 +237,32 @@ def output_layers(model: nn.Module, example: tuple[torch.Tensor, ...]) -> list[s
 def _last_layers(model: fx.GraphModule) -> list[str]:
     """Prunable layers that reach the output through no other prunable layer (through a softmax, a reshape):
     their width is the output's width too, which the storage check above misses."""
+    return _feeding(model, [n for n in model.graph.nodes if n.op == "output"])
+
+
+def fixed_width_layers(model: nn.Module) -> list[str]:
+    """Prunable layers whose width the graph fixes: they feed a reshape to constant dimensions, or an op with a
+    constant tensor (a per-channel scale buffer), which Torch-Pruning cannot shrink along with them."""
+    if not isinstance(model, fx.GraphModule):
+        return []
+    from optimize._onnx_to_torch import FIXED_SHAPE_OPS
+
+    fixed = []
+    for node in model.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target in FIXED_SHAPE_OPS:
+            fixed.append(node)
+        elif any(a.op == "get_attr" and not _is_param(model, a.target) and model.get_buffer(a.target).numel() > 1
+                 for a in node.all_input_nodes):  # (Torch-Pruning does prune a bare nn.Parameter with its layer)
+            fixed.append(node)
+    return _feeding(model, fixed)
+
+
+def _feeding(model: fx.GraphModule, starts: list[fx.Node]) -> list[str]:
+    """The prunable layers reached walking back from `starts` through nodes that are not prunable layers."""
     found, seen = [], set()
-    stack = [n for n in model.graph.nodes if n.op == "output"]
+    stack = list(starts)
     while stack:
         node = stack.pop()
         for arg in node.all_input_nodes:

@@ -90,9 +90,9 @@ class PruneConfig(RunSettings):
         return None
 
 def _ignored(model, names: tuple[str, ...], example) -> list:
-    from optimize._prune_graph import PRUNABLE, output_layers
+    from optimize._prune_graph import PRUNABLE, fixed_width_layers, output_layers
 
-    keep = set(output_layers(model, example))
+    keep = set(output_layers(model, example)) | set(fixed_width_layers(model))
     for pattern in names:
         hits = [n for n, m in model.named_modules() if n and fnmatch(n, pattern)]
         if not hits:
@@ -119,6 +119,7 @@ def _taylor_loss(model, data: Dataset, names: list[str]):
 def structured(model, example: tuple, ratio: float, config: PruneConfig, calibration: Dataset | None = None,
                names: list[str] | None = None):
     """Prune `model` in place with Torch-Pruning's DependencyGraph; returns it. Taylor needs `calibration`."""
+    import torch
     import torch_pruning as tp
 
     if config.criterion == "taylor":
@@ -138,6 +139,12 @@ def structured(model, example: tuple, ratio: float, config: PruneConfig, calibra
             _taylor_loss(model, calibration, names or []).backward()
         pruner.step()
     model.zero_grad(set_to_none=True)
+    try:
+        with torch.no_grad():
+            model(*example)
+    except Exception as exc:
+        raise UserError(f"the pruned model no longer runs ({str(exc).splitlines()[0]}): a layer's width is fixed "
+                        "elsewhere in the graph; keep it with --ignore") from None
     return model
 
 
@@ -334,7 +341,8 @@ def _prune(model_path: Path, out: Path, config: PruneConfig, calibration_path: P
     flops_after, params_after, nonzero = counts(model, example)
     shapes_after = layer_shapes(model)
     if config.mode == "structured" and shapes_after == shapes_before:
-        notes.append("no channel could be removed (every layer is ignored or coupled to an output layer)")
+        notes.append("no channel could be removed (every layer is ignored, coupled to an output layer or has a width "
+                     "fixed by the graph)")
     if config.mode == "unstructured":
         params_after = nonzero
         flops_after = flops_before  # dense kernels still multiply the zeros

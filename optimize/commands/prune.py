@@ -15,6 +15,7 @@ EXAMPLES = """\
   optimize prune model.pt2 --target-size 0.5x --round-to 8 --ignore 'head.*' --out build/p
   optimize prune model.pt2 --mode unstructured --ratio 0.8 --out build/p     # sparsity, not CPU speed
   optimize prune model.pkl --allow-pickle --ratio 0.3 --out build/p           # a pickled nn.Module you trust
+  optimize prune model.onnx --ratio 0.5 --eval-data eval.npz --out build/p    # converted to torch layers first
   # then quantize the pruned model:
   optimize quantize build/p/mlp/model.pt2 --calibration-data build/models/mlp/calibration.npz --out build/pq
 exit codes: 0 the pruned model is within the accuracy budget, 1 it is not, 2 usage error
@@ -39,7 +40,8 @@ def parse_size(text: str) -> int | float:
 def register(subparsers) -> None:
     p = add_command(subparsers, "prune", "Prune a model (remove channels, or zero weights) and measure the pruned "
                     "ONNX model against the original.", EXAMPLES)
-    p.add_argument("model", type=Path, help="torch.export .pt2 (or a pickled nn.Module with --allow-pickle)")
+    p.add_argument("model", type=Path, help="torch.export .pt2, TorchScript .pt, .onnx (Gemm/MatMul/Conv graphs), "
+                   "or a pickled nn.Module with --allow-pickle")
     p.add_argument("--out", type=Path, required=True, help="output folder: model.onnx, model.pt2, report.json/.md")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--ratio", type=float, help="share of channels to remove from each layer (default 0.5)")

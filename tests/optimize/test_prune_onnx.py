@@ -138,3 +138,31 @@ def test_an_unconvertible_onnx_model_names_the_operator(digits, tmp_path, capsys
     assert main(["prune", str(path), "--eval-data", str(digits["mlp"]), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "operator TopK (node 'pick_best')" in err and len(err.strip().splitlines()) == 1
+
+
+def test_layers_whose_width_the_graph_fixes_are_kept(tmp_path):
+    """A per-channel constant (Mul by a (1, C, 1, 1) tensor) and a Reshape to constant dimensions cannot follow
+    pruned channels: the layers feeding them keep their width, the others are pruned."""
+    rng = np.random.default_rng(0)
+    f = np.float32
+    inits = {"w1": rng.normal(size=(8, 1, 3, 3)).astype(f), "w2": rng.normal(size=(16, 8, 3, 3)).astype(f),
+             "scale": rng.uniform(0.5, 1.5, size=(1, 16, 1, 1)).astype(f), "w3": rng.normal(size=(12, 16, 1, 1))
+             .astype(f), "shape": np.array([0, 4, -1], np.int64), "wl": rng.normal(size=(3 * 64, 10)).astype(f)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="/conv1/Conv"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="/conv2/Conv"),
+             helper.make_node("Mul", ["c2", "scale"], ["m"]),
+             helper.make_node("Conv", ["m", "w3"], ["c3"], name="/conv3/Conv"),
+             helper.make_node("Reshape", ["c3", "shape"], ["rs"]),  # (n, 12, 8, 8) -> (n, 4, 192)
+             helper.make_node("ReduceMean", ["rs"], ["mean"], axes=[1], keepdims=0),
+             helper.make_node("MatMul", ["mean", "wl"], ["y"], name="/head/MatMul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    path = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    report = prune(path, tmp_path / "out", PruneConfig(ratio=0.5, repeats=5, input_shape="1,1,8,8"))
+    after = {layer["name"]: tuple(layer["shape_after"]) for layer in report.layers}
+    assert after == {"conv1": (4, 1, 3, 3), "conv2": (16, 4, 3, 3), "conv3": (12, 16, 1, 1), "head": (10, 192)}
+    x = np.random.default_rng(1).normal(size=(3, 1, 8, 8)).astype(f)
+    assert session(tmp_path / "out" / "model.onnx").run(None, {"x": x})[0].shape == (3, 10)
