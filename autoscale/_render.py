@@ -20,11 +20,13 @@ def _x(v: float | None) -> str:
 
 
 def results_table(title: str, results: list[SimulationResult], best: str | None = None,
-                  vs_tuned: dict[str, dict] | None = None) -> Table:
-    """One row per result; `vs_tuned` (policy -> policy_rows() row) adds the x tuned-queue column."""
+                  vs_tuned: dict[str, dict] | None = None, fair_bound_rs: float | None = None) -> Table:
+    """One row per result; `vs_tuned` (policy -> policy_rows() row) adds the x tuned-queue column,
+    `fair_bound_rs` (the fair bound's replica-seconds) the x fair bound column."""
     t = Table(title=title, title_justify="left")
     cols = ["policy", "SLO req", "SLO 10s win", "p50 ms", "p95 ms", "p99 ms", "replica-s", "cost $",
-            "$ / 1k req", "actions", "x bound"] + (["x queue tuned"] if vs_tuned is not None else [])
+            "$ / 1k req", "actions", "x bound"] + (["x fair bound"] if fair_bound_rs else []) + \
+        (["x queue tuned"] if vs_tuned is not None else [])
     for col in cols:
         t.add_column(col, justify="left" if col == "policy" else "right")
     for r in results:
@@ -33,6 +35,8 @@ def results_table(title: str, results: list[SimulationResult], best: str | None 
                f"{r.latency_p50_ms:.1f}", f"{r.latency_p95_ms:.1f}", f"{r.latency_p99_ms:.1f}",
                f"{r.replica_seconds:,.0f}", f"{r.cost_total:.4f}", f"{r.cost_per_1k_requests:.5f}",
                str(r.scaling_actions), _x(r.ratio_to_bound)]
+        if fair_bound_rs:
+            row.append(_x(r.replica_seconds / fair_bound_rs))
         if vs_tuned is not None:
             v = vs_tuned.get(r.policy)
             row.append("-" if not v or v["vs_tuned_queue"] is None else
@@ -45,12 +49,13 @@ def worst_case_table(title: str, rows: list[dict]) -> Table:
     """Each policy's worst attainment, x tuned queue and x bound across traces, with the trace it came from."""
     t = Table(title=title, title_justify="left")
     for col in ("policy", "worst SLO req", "on", "worst x queue tuned", "on", "worst x bound", "on",
-                "meets goal everywhere", "total replica-s"):
+                "worst x fair bound", "on", "meets goal everywhere", "total replica-s"):
         t.add_column(col, justify="left" if col in ("policy", "on") else "right")
     for r in rows:
         t.add_row(r["policy"], _pct(r["worst_attainment"]), r["worst_attainment_trace"],
                   _x(r["worst_vs_tuned_queue"]), r["worst_vs_tuned_queue_trace"] or "-", _x(r["worst_vs_bound"]),
-                  r["worst_vs_bound_trace"] or "-", "yes" if r["meets_goal_everywhere"] else "no",
+                  r["worst_vs_bound_trace"] or "-", _x(r.get("worst_vs_fair_bound")),
+                  r.get("worst_vs_fair_bound_trace") or "-", "yes" if r["meets_goal_everywhere"] else "no",
                   f"{r['total_replica_seconds']:,.0f}")
     return t
 
@@ -68,18 +73,21 @@ def comparison_html(data: dict) -> str:
     out = [f"<p>Assumed replica start time: {data.get('replica_start_s')} s (profile: "
            f"{escape(str(data.get('profile_source') or 'given'))}).</p><h2>Worst case across traces</h2>",
            table(["policy", "worst SLO req", "on", "worst x queue tuned", "on", "worst x bound", "on",
-                  "meets goal everywhere"],
+                  "worst x fair bound", "on", "meets goal everywhere"],
                  [[w["policy"], pct(w["worst_attainment"]), w["worst_attainment_trace"],
                    _x(w["worst_vs_tuned_queue"]), w["worst_vs_tuned_queue_trace"], _x(w["worst_vs_bound"]),
-                   w["worst_vs_bound_trace"], "yes" if w["meets_goal_everywhere"] else "no"]
+                   w["worst_vs_bound_trace"], _x(w.get("worst_vs_fair_bound")), w.get("worst_vs_fair_bound_trace"),
+                   "yes" if w["meets_goal_everywhere"] else "no"]
                   for w in data.get("worst_case", [])])]
     for tc in data.get("traces", []):
         out.append(f"<h2>{escape(tc['trace'])}</h2><p>Reachable: {escape(tc.get('references', {}).get('verdict', ''))}"
                    "</p>")
-        out.append(table(["policy", "SLO req", "replica-s", "x bound", "x queue tuned", "queue target", "actions"],
+        out.append(table(["policy", "SLO req", "replica-s", "x bound", "x fair bound", "x queue tuned",
+                          "queue target", "actions"],
                          [[r["policy"], pct(r["slo_attainment_requests"]), f"{r['replica_seconds']:,.0f}",
-                           _x(r["vs_bound"]), _x(r["vs_tuned_queue"]) + ("" if r["tuned_queue_reached"] in
-                                                                           (True, None) else " (queue short)"),
+                           _x(r["vs_bound"]), _x(r.get("vs_fair_bound")),
+                           _x(r["vs_tuned_queue"]) + ("" if r["tuned_queue_reached"] in (True, None)
+                                                      else " (queue short)"),
                            r["tuned_queue_target"], r["scaling_actions"]] for r in tc.get("policies", [])]))
     return "\n".join(out)
 

@@ -1,10 +1,13 @@
 """Perfect-foresight lower bound: the fewest replica-seconds that could meet the SLO.
 
-Knows every arrival in advance and starts replicas instantly: each second gets exactly the replicas its
-realised arrivals need at the best throughput a replica reaches with batches whose latency alone is
-within the objective (no queueing at all), and never fewer than `min_replicas`. No policy can use fewer
-replica-seconds and meet the objective, so `replica_seconds / bound` measures the price of not knowing
-the future.
+Knows every arrival in advance and starts replicas instantly and for free: each second gets
+arrivals / (best throughput) replicas, rounded up, at the best throughput a replica reaches with batches
+whose latency alone is within the objective, i.e. every replica busy 100 % of the second with no
+queueing at all, and never fewer than `min_replicas`. No policy can use fewer replica-seconds and meet
+the objective, so it is a true lower bound; but it is not a fair yardstick: it ignores that a queue
+needs idle capacity to keep waits under the objective (Erlang C: 40-80 % more at 1-5 replicas when the
+objective is three service times) and that a replica is billed while it starts. `fair_bound` keeps the
+foresight and drops those two simplifications; `references` below says what is reachable at all.
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ class References:
     queueing_floor: with perfect foresight and instant starts, but requests queue (Erlang C with the measured
     service time): the fewest replica-seconds whose modelled share of late requests is <= 1 - goal each
     second. `queueing_floor / bound` is the price of random arrivals alone; no policy beats it by much.
-    reactive: no foresight, metrics without lag, replicas ready `replica_start_s` after the demand that
-    asked for them, plus replicas that drain a backlog; capacity = the largest per-second need of a hold
-    window, times (1 + headroom). `reactive_attainment` is reaction with only a short hold (max(30 s,
+    reactive: no foresight, per-second counts seen `metrics_lag_s` late (compare: half the metrics push
+    period, the mean age of the newest pushed data), replicas ready `replica_start_s` after that, plus
+    replicas that drain a backlog; capacity = the largest per-second need of a hold window, times
+    (1 + headroom). `reactive_attainment` is reaction with only a short hold (max(30 s,
     3 starts), enough to absorb per-second noise) and no headroom; `reactive_goal_*` is the cheapest
     (hold, headroom) of a grid that reaches the goal. A burst faster than a start shows as
     reactive_attainment < goal: only capacity held in advance can serve it.
@@ -65,6 +69,7 @@ class References:
     reactive_goal_hold_s: float | None
     reactive_goal_headroom: float | None
     reactive_goal_replica_seconds: float | None
+    metrics_lag_s: float = 0.0  # how stale the controller's newest data is (half the metrics push period)
 
     @property
     def queueing_floor_ratio(self) -> float:
@@ -80,7 +85,8 @@ class References:
         g, out = f"{100 * self.goal:g}%", []
         if self.reactive_attainment < self.goal:
             short = 100 * (self.goal - self.reactive_attainment)
-            out.append(f"a burst faster than a {self.replica_start_s:g} s replica start: reaction reaches "
+            lag = f" plus {self.metrics_lag_s:g} s of metrics lag" if self.metrics_lag_s else ""
+            out.append(f"a burst faster than a {self.replica_start_s:g} s replica start{lag}: reaction reaches "
                        f"{100 * self.reactive_attainment:.2f}% ({short:.2f} points short of {g})")
             if self.reactive_goal_reached:
                 hold, room = self.reactive_goal_hold_s, 100 * self.reactive_goal_headroom
@@ -125,7 +131,8 @@ def _react(counts: np.ndarray, want: np.ndarray, cap: float, start: int, drain_s
 
 
 def references(arrivals: np.ndarray, duration_s: float, profile: ModelProfile, slo_p95_ms: float,
-               min_replicas: int = 1, goal: float = 0.99, drain_s: float = 2.0) -> References:
+               min_replicas: int = 1, goal: float = 0.99, drain_s: float = 2.0,
+               metrics_lag_s: float = 0.0) -> References:
     from .policies.slo import SloPolicyConfig, steady_need
 
     lb = lower_bound(arrivals, duration_s, profile, slo_p95_ms, min_replicas)
@@ -139,7 +146,9 @@ def references(arrivals: np.ndarray, duration_s: float, profile: ModelProfile, s
     per_count = {int(n): max(steady_need(q_cfg, float(n)), min_replicas) for n in np.unique(counts)}
     floor = float(sum(per_count[int(n)] for n in counts))
 
-    start = int(round(profile.replica_start_s))
+    if metrics_lag_s < 0:
+        raise UserError("metrics_lag_s must be >= 0.")
+    start = int(round(profile.replica_start_s + metrics_lag_s))
 
     def reactive(hold_s: float, headroom: float) -> tuple[float, float]:
         want = np.maximum(np.ceil(counts * (1.0 + headroom) / cap - 1e-9), min_replicas)
@@ -164,4 +173,5 @@ def references(arrivals: np.ndarray, duration_s: float, profile: ModelProfile, s
             if att >= goal:
                 break  # longer holds at this headroom only cost more
     return References(goal, profile.replica_start_s, lb.replica_seconds, floor, pure_att, best is not None,
-                      best[1] if best else None, best[2] if best else None, best[0] if best else None)
+                      best[1] if best else None, best[2] if best else None, best[0] if best else None,
+                      metrics_lag_s)

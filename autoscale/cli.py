@@ -194,21 +194,30 @@ def _compare(args, console: Console) -> int:
     else:
         for tc in comparison.traces:
             rows = tc.results + ([tc.tuned_queue] if tc.tuned_queue else [])
+            fair = tc.fair_bound.get("replica_seconds")
             console.print(results_table(f"{tc.trace}: SLO p95 <= {sim.slo_p95_ms} ms, lower bound "
-                                        f"{tc.lower_bound['replica_seconds']:,.0f} replica-s", rows, tc.best_policy,
-                                        {r["policy"]: r for r in tc.policy_rows()}))
+                                        f"{tc.lower_bound['replica_seconds']:,.0f} replica-s, fair bound "
+                                        f"{fair:,.0f}", rows, tc.best_policy,
+                                        {r["policy"]: r for r in tc.policy_rows()}, fair))
             s = tc.summary()
             line = f"best: {s['best_policy']} ({'meets' if s['best_meets_goal'] else 'misses'} {args.goal:.0%})"
             if "best_vs_tuned_queue" in s:
                 line += (f"; {s['best_vs_tuned_queue']:.2f}x the replica-seconds of queue tuned to the same "
                          f"attainment (target_ongoing_requests={tc.tuned_target_ongoing_requests})")
             line += f"; {s['best_vs_bound']:.2f}x the lower bound"
+            if "best_vs_fair_bound" in s:
+                line += f", {s['best_vs_fair_bound']:.2f}x the fair bound"
             console.print(line)
             console.print(f"reachable: {tc.references['verdict']}\n")
         console.print(worst_case_table(f"worst case across {len(comparison.traces)} traces (goal {args.goal:.0%})",
                                        comparison.worst_case()))
+        start = profile.notes.get("replica_start", {}) if isinstance(profile.notes, dict) else {}
+        origin = (f"measured: {start['source']}" if isinstance(start, dict) and start.get("source") else
+                  "set replica_start_s in the profile to a measured value")
         console.print(f"assumed replica start time: {profile.replica_start_s:g} s (profile: "
-                      f"{profile.source or 'given'}; set replica_start_s in the profile to a measured value)")
+                      f"{profile.source or 'given'}; {origin})")
+        console.print("bounds: lower = perfect foresight, instant free starts, no queueing (a true floor); "
+                      "fair = perfect foresight with the same replicas, queue and start (autoscale/fair_bound.py)")
     met = all(tc.summary()["best_meets_goal"] for tc in comparison.traces)
     return EXIT_OK if met else EXIT_VERDICT_FAILED
 
@@ -229,7 +238,7 @@ def _profile_cmd(args, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = Console(width=None if sys.stdout.isatty() else 170)
     handlers = {"simulate": _simulate, "compare": _compare, "profile": _profile_cmd}
     return run_cli(lambda: handlers[args.command](args, console))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from ._results import SimulationResult
 from .bound import lower_bound, references
 from .cost import CostModel
+from .fair_bound import fair_bound
 from .policies import PolicyConfig, load_policy_config
 from .profile import ModelProfile
 from .simulator import SimConfig, simulate
@@ -36,6 +37,7 @@ class TraceComparison:
     attainment_goal: float = 0.99
     references: dict = field(default_factory=dict)
     queue_sweep: list[dict] = field(default_factory=list)  # target_ongoing_requests, attainment, replica-s
+    fair_bound: dict = field(default_factory=dict)  # fair_bound.FairBound: same replicas and start, foresight
 
     def tuned_queue_for(self, attainment: float) -> dict | None:
         """The sweep's cheapest `queue` run reaching `attainment` (reached=True), else its best attainment."""
@@ -48,13 +50,15 @@ class TraceComparison:
                 "reached": False}
 
     def policy_rows(self) -> list[dict]:
-        """Per policy: attainment, replica-seconds, x bound, x `queue` tuned to the same attainment."""
+        """Per policy: attainment, replica-seconds, x bound, x fair bound, x `queue` tuned to the same attainment."""
         rows = []
+        fair = self.fair_bound.get("replica_seconds")
         for r in self.results:
             tq = self.tuned_queue_for(r.slo_attainment_requests)
             rows.append({
                 "policy": r.policy, "slo_attainment_requests": r.slo_attainment_requests,
                 "replica_seconds": r.replica_seconds, "vs_bound": r.ratio_to_bound,
+                "vs_fair_bound": r.replica_seconds / fair if fair else None,
                 "vs_tuned_queue": r.replica_seconds / tq["replica_seconds"] if tq else None,
                 "tuned_queue_target": tq["target_ongoing_requests"] if tq else None,
                 "tuned_queue_reached": tq["reached"] if tq else None,
@@ -72,13 +76,16 @@ class TraceComparison:
                "best_meets_goal": bool(best and best.slo_attainment_requests >= self.attainment_goal)}
         if best:
             out["best_vs_bound"] = best.ratio_to_bound
+            if self.fair_bound:
+                out["best_vs_fair_bound"] = best.replica_seconds / self.fair_bound["replica_seconds"]
             if self.tuned_queue:
                 out["best_vs_tuned_queue"] = best.replica_seconds / self.tuned_queue.replica_seconds
         return out
 
     def to_dict(self) -> dict:
         return {
-            "trace": self.trace, "lower_bound": self.lower_bound, "best_policy": self.best_policy,
+            "trace": self.trace, "lower_bound": self.lower_bound, "fair_bound": self.fair_bound,
+            "best_policy": self.best_policy,
             "attainment_goal": self.attainment_goal, "summary": self.summary(),
             "results": [r.to_dict() for r in self.results],
             "tuned_queue": self.tuned_queue.to_dict() if self.tuned_queue else None,
@@ -107,6 +114,8 @@ class Comparison:
             vs_q = max(tuned, key=lambda x: x[1]["vs_tuned_queue"]) if tuned else None
             bound = [x for x in rows if x[1]["vs_bound"] is not None]
             vs_b = max(bound, key=lambda x: x[1]["vs_bound"]) if bound else None
+            fair = [x for x in rows if x[1].get("vs_fair_bound") is not None]
+            vs_f = max(fair, key=lambda x: x[1]["vs_fair_bound"]) if fair else None
             out.append({
                 "policy": policy, "traces": len(rows),
                 "worst_attainment": att[1]["slo_attainment_requests"], "worst_attainment_trace": att[0],
@@ -114,6 +123,8 @@ class Comparison:
                 "worst_vs_tuned_queue_trace": vs_q[0] if vs_q else None,
                 "worst_vs_bound": vs_b[1]["vs_bound"] if vs_b else None,
                 "worst_vs_bound_trace": vs_b[0] if vs_b else None,
+                "worst_vs_fair_bound": vs_f[1]["vs_fair_bound"] if vs_f else None,
+                "worst_vs_fair_bound_trace": vs_f[0] if vs_f else None,
                 "meets_goal_everywhere": all(r["meets_goal"] for _, r in rows),
                 "total_replica_seconds": sum(r["replica_seconds"] for _, r in rows),
             })
@@ -151,9 +162,12 @@ def compare_trace(trace: Trace, policies: list[str], profile: ModelProfile, sim:
 
     results = [run(p, configs[p]) for p in policies]
     best = pick_best(results, goal)
-    refs = references(arrivals, trace.duration_s, profile, sim.slo_p95_ms, sim.min_replicas, goal)
+    # The controller's newest data is on average half a push period old (plus the look-back a policy picks).
+    refs = references(arrivals, trace.duration_s, profile, sim.slo_p95_ms, sim.min_replicas, goal,
+                      metrics_lag_s=sim.metrics_interval_s / 2)
+    fair = fair_bound(arrivals, trace.duration_s, profile, sim.slo_p95_ms, sim.min_replicas, goal)
     comp = TraceComparison(trace.kind, lb.to_dict(), results, best_policy=best.policy, attainment_goal=goal,
-                           references=refs.to_dict())
+                           references=refs.to_dict(), fair_bound=fair.to_dict())
     if tune_queue:
         base = configs.get("queue") or load_policy_config("queue")
         sweep: list[SimulationResult] = []

@@ -73,3 +73,30 @@ def test_queueing_floor_exceeds_the_bound_when_replicas_run_near_full():
     ref = references(a, 600.0, PROFILE, 50.0)
     assert isinstance(ref, References) and ref.queueing_floor_ratio > 1.3
     assert "queueing alone needs" in ref.verdict() and lb.replica_seconds == ref.bound_replica_seconds
+
+
+def test_metrics_lag_counts_against_reaction_and_the_verdict_names_it():
+    tr = make_trace("spike", 1200.0, base_rps=50, peak_rps=300)
+    prof = ModelProfile({1: 16.6}, replica_start_s=4.0, max_batch_size=1, batch_wait_ms=0.0)
+    now = references(tr.arrivals(0), tr.duration_s, prof, 50.0)
+    late = references(tr.arrivals(0), tr.duration_s, prof, 50.0, metrics_lag_s=3.0)
+    assert late.reactive_attainment < now.reactive_attainment and late.metrics_lag_s == 3.0
+    assert late.reactive_attainment < 0.99 and "plus 3 s of metrics lag" in late.verdict()
+
+
+def test_compare_trace_reports_each_policy_against_the_fair_bound():
+    from autoscale.compare import compare_trace, default_configs
+    from autoscale.simulator import SimConfig
+
+    prof = ModelProfile({1: 16.6}, replica_start_s=4.0, max_batch_size=1, batch_wait_ms=0.0)
+    tr = make_trace("bursty", 300.0)
+    tc = compare_trace(tr, ["adaptive"], prof, SimConfig(), default_configs(["adaptive"], prof, 50.0),
+                       tune_queue=False)
+    fair = tc.fair_bound["replica_seconds"]
+    assert fair >= tc.lower_bound["replica_seconds"] and tc.fair_bound["replica_start_s"] == 4.0
+    row = tc.policy_rows()[0]
+    assert row["vs_fair_bound"] == pytest.approx(row["replica_seconds"] / fair)
+    assert tc.summary()["best_vs_fair_bound"] == pytest.approx(row["vs_fair_bound"])
+    worst = Comparison([tc]).worst_case()[0]
+    assert worst["worst_vs_fair_bound"] == pytest.approx(row["vs_fair_bound"])
+    assert worst["worst_vs_fair_bound_trace"] == "bursty"

@@ -1,9 +1,13 @@
 """The default `adaptive` policy, driven with injected observations and a fake clock (no simulator)."""
 
 import json
+import math
 import random
 
+import pytest
+
 from autoscale.policies import DEFAULT_POLICY, Observation, adaptive_policy, load_policy_config
+from autoscale.policies.adaptive import recurring_hold
 
 CAP = 60.0  # requests/s one replica serves within the objective
 
@@ -96,3 +100,47 @@ def test_scales_from_zero_when_requests_wait_and_stays_at_zero_when_idle():
     assert adaptive_policy(waiting, cfg, {})[0] == 1
     fallback = load_policy_config("adaptive", None)  # no capacity model
     assert adaptive_policy(waiting, fallback, {})[0] == 1
+
+
+def test_a_queue_confirms_a_fast_rise_at_its_first_observation():
+    rates = [20.0] * 60 + [200.0] * 2
+    _, calm = _drive(rates, ready_lag_s=10.0)
+    assert not calm["rises"]  # one observation without a queue may be noise: confirmed a push later
+    _, queued = _drive(rates, queued=[0.0] * 60 + [50.0] * 2, ready_lag_s=10.0)
+    assert queued["rises"] == [60.0]  # 50 waiting on 1 replica: the fleet is already behind
+
+
+def test_the_first_burst_ask_covers_what_arrives_during_a_start():
+    rates = [20.0] * 60 + [110.0, 110.0, 200.0, 200.0, 200.0, 200.0]
+    queued = [0.0] * 60 + [30.0] * 6
+    fast, _ = _drive(rates, queued=queued, start_s=2.0, ready_lag_s=2.0)
+    slow, _ = _drive(rates, queued=queued, start_s=10.0, ready_lag_s=10.0)
+    assert max(slow[60:]) > max(fast[60:]) >= 4  # a slower start piles up more backlog to drain
+
+
+def _peaks(mean_rps, peak_rps, n=10):
+    return [[60.0 * k, peak_rps, mean_rps * 100, 100] for k in range(n)]
+
+
+def test_recurring_hold_grows_with_the_burst_period_the_start_and_the_burst_size():
+    cfg = _cfg()
+    rises = [0.0, 120.0, 240.0, 360.0]
+    base = recurring_hold(cfg, 10.0, rises, _peaks(50.0, 200.0))
+    # H = g ln(L / (g B)): g = 120 s, L = 200 req/s x (10 + 6) s, B = 0.005 x 50 req/s
+    assert base == pytest.approx(120.0 * math.log(200.0 * 16.0 / (120.0 * 0.005 * 50.0)))
+    assert base > 3 * 120.0  # keeps the peak through a lull several periods long
+    assert recurring_hold(cfg, 2.0, rises, _peaks(50.0, 200.0)) < base  # a cheaper miss: shorter hold
+    assert recurring_hold(cfg, 10.0, [2 * r for r in rises], _peaks(50.0, 200.0)) > base  # slower period
+    assert recurring_hold(cfg, 10.0, rises, _peaks(50.0, 400.0)) > base  # larger bursts over the same mean
+    # never shorter than burst_gap_factor x the longest gap seen
+    assert recurring_hold(cfg, 10.0, [0.0, 10.0, 20.0, 1000.0], _peaks(500.0, 600.0)) >= 1.5 * 980.0
+
+
+def test_holds_a_recurring_bursts_capacity_through_a_lull_longer_than_any_seen():
+    burst = [200.0] * 20 + [20.0] * 100  # 20 s at 10x every 2 minutes, then a lull 3.5x as long
+    rates = [20.0] * 100 + burst * 4 + [20.0] * 300 + [200.0] * 20 + [20.0] * 2400
+    out, state = _drive(rates, start_s=2.0)  # a single rise is held 150 starts = 300 s: not through the lull
+    assert min(out[490:875]) >= 4  # the recurring peak's capacity is there when the burst returns at 880 s
+    assert out[-1] <= 2  # and released after a long calm
+    changes = sum(1 for a, b in zip(out, out[1:], strict=False) if a != b)
+    assert changes <= 20, changes  # never flaps
