@@ -277,6 +277,25 @@ def _search(base, config: PruneConfig, inputs: Inputs, example: tuple, folder: P
     return trials
 
 
+def _rename_outputs(path: Path, names: list[str]) -> None:
+    """Give the pruned ONNX model the original model's output names, so it replaces it where it is served."""
+    import onnx
+
+    model = onnx.load(str(path))
+    renames = {o.name: n for o, n in zip(model.graph.output, names, strict=False) if o.name != n}
+    if not renames:
+        return
+    taken = {t for node in model.graph.node for t in [*node.input, *node.output]} - set(renames)
+    if taken & set(renames.values()):
+        return  # an inner tensor already has that name: keep the exporter's names rather than break the graph
+    for value in model.graph.output:
+        value.name = renames.get(value.name, value.name)
+    for node in model.graph.node:
+        node.output[:] = [renames.get(t, t) for t in node.output]
+        node.input[:] = [renames.get(t, t) for t in node.input]
+    onnx.save(model, str(path))
+
+
 def _check_conversion(module, source, inputs: Inputs) -> str:
     """The ONNX graph's torch conversion must compute what onnxruntime computes, before anything is pruned."""
     from optimize._onnx_to_torch import verify
@@ -350,6 +369,8 @@ def _prune(model_path: Path, out: Path, config: PruneConfig, calibration_path: P
 
     progress("exporting and verifying the pruned model")
     pt2, exported = _to_onnx(model, example, inputs, variants_dir, "pruned")
+    if source.kind == "onnx":
+        _rename_outputs(exported.path, fp32.output_names)
     shutil.copyfile(pt2, out / "model.pt2")
     pt2.unlink()
     variants = VariantSet(out, notes)

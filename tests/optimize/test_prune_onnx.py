@@ -75,7 +75,7 @@ def test_cli_prunes_an_onnx_mlp(digits, tmp_path, capsys):
     assert pruned.size_bytes < 0.6 * fp32.size_bytes
     assert any("matches onnxruntime" in n for n in report.notes)  # the conversion was checked before pruning
     sess = session(tmp_path / "out" / "model.onnx")
-    assert [i.name for i in sess.get_inputs()] == ["input.1"]
+    assert [i.name for i in sess.get_inputs()] == ["input.1"] and [o.name for o in sess.get_outputs()] == ["logits"]
     assert sess.run(None, {"input.1": np.zeros((3, 64), np.float32)})[0].shape == (3, 10)
     assert "parameters" in capsys.readouterr().out
 
