@@ -84,10 +84,13 @@ class _Converter:
         self.model = model
         self.consts: dict[str, np.ndarray] = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
         self.shapes: dict[str, tuple] = {}
+        self.params: dict[str, tuple] = {}  # symbolic dimension names ('batch') where the size is not fixed
+        self.dims: dict[str, list] = {}  # shape computations (x.size(0), -1) whose entries are not all known
         for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
             dims = value.type.tensor_type.shape.dim
             if value.type.tensor_type.HasField("shape"):
                 self.shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+                self.params[value.name] = tuple(d.dim_param or None for d in dims)
         self.uses: dict[str, int] = {}
         for node in model.graph.node:
             for i in node.input:
@@ -98,6 +101,7 @@ class _Converter:
         self.root = nn.Module()
         self.env: dict[str, fx.Node] = {}
         self.names: set[str] = set()
+        self.scalars: set[str] = set()  # shape computations that are 0-d (a Gather of one index)
         self.skip: set[int] = set()  # nodes absorbed into an earlier layer (Add after MatMul)
 
     # ---- values -------------------------------------------------------------------------------------
@@ -108,6 +112,8 @@ class _Converter:
         """The fx node for a tensor, a Python number for a scalar constant, or a buffer for a constant array."""
         if name in self.env:
             return self.env[name]
+        if name in self.dims:
+            raise _Unsupported("takes a shape computed at run time (only Reshape can use one)")
         array = self.consts.get(name)
         if array is None:
             raise _Unsupported(f"its input {name!r} is produced by no node")
@@ -190,6 +196,8 @@ class _Converter:
                 self.consts[node.output[0]] = self.consts[ins[0]]
                 return []
             return [self.value(ins[0])]
+        if op in ("Shape", "Gather", "Unsqueeze", "Concat", "Cast", "Squeeze") and self.shape_math(node, ins, a):
+            return []
         if op == "Constant":
             if "value" not in a:
                 raise _Unsupported("holds something other than a tensor 'value'")
@@ -383,13 +391,18 @@ class _Converter:
 
     def reshape(self, ins, a) -> fx.Node:
         shape = self.const(ins[1])
+        if shape is None and ins[1] in self.dims:
+            shape = self.copied_dims(ins[0], self.dims[ins[1]])
         if shape is None:
-            raise _Unsupported("has a shape computed at run time (only constant shapes are supported)")
+            raise _Unsupported("has a shape computed at run time (only constant shapes and the input's own "
+                               "dimensions are supported)")
         shape = tuple(int(d) for d in shape)
         if a.get("allowzero", 0) and 0 in shape:
             raise _Unsupported("uses allowzero")
         x = self.value(ins[0])
         known = self.shapes.get(ins[0])
+        if known and shape and known[0] is not None and shape[0] == known[0]:
+            shape = (0, *shape[1:])  # a batch fixed at export time: keep the model's batch instead
         # (batch, everything else): a flatten, which must keep following the channel count once it is pruned
         if known and len(shape) == 2 and len(known) >= 2 and shape[0] in (0, -1) and (
                 shape[1] == -1 or (all(known[1:]) and shape[1] == math.prod(known[1:]))):
@@ -397,6 +410,60 @@ class _Converter:
         if known and shape == tuple(0 if i == 0 else d for i, d in enumerate(known)):
             return x
         return self.call(_reshape, x, shape)
+
+    def shape_math(self, node, ins, a) -> bool:
+        """Follow `x.view(x.size(0), -1)` as the legacy exporter writes it (Shape, Gather, Unsqueeze, Concat):
+        entries are ints or (tensor, axis) for a size known only at run time. False: not a shape computation."""
+        op = node.op_type
+        known = [i for i in ins if i]
+        if op == "Shape":
+            shape = self.shapes.get(ins[0])
+            if shape is None:
+                return False
+            start, end = a.get("start", 0), a.get("end", len(shape))
+            dims = [d if d is not None else (ins[0], i) for i, d in enumerate(shape)][start:end]
+        elif not all(i in self.dims or (i in self.consts and self.consts[i].dtype.kind == "i") for i in known) or \
+                not any(i in self.dims for i in known):
+            return False
+        elif op == "Gather" and a.get("axis", 0) == 0 and ins[1] in self.consts:
+            picked = self.consts[ins[1]]
+            dims = [self.dims[ins[0]][int(i)] for i in np.atleast_1d(picked)]
+            if picked.ndim == 0:
+                self.dims[node.output[0]] = dims
+                self.scalars.add(node.output[0])
+                return self._fold(node.output[0])
+        elif op in ("Unsqueeze", "Squeeze", "Cast"):
+            dims = list(self.dims[ins[0]])
+        elif op == "Concat" and a.get("axis") == 0:
+            dims = [d for i in ins for d in (self.dims[i] if i in self.dims else
+                                             [int(v) for v in np.atleast_1d(self.consts[i])])]
+        else:
+            return False
+        self.dims[node.output[0]] = dims
+        return self._fold(node.output[0])
+
+    def _fold(self, name: str) -> bool:
+        dims = self.dims[name]
+        if all(isinstance(d, int) for d in dims):  # every size is known: a plain constant
+            del self.dims[name]
+            self.consts[name] = np.array(dims[0] if name in self.scalars else dims, np.int64)
+        return True
+
+    def copied_dims(self, x: str, dims: list) -> list[int] | None:
+        """A computed shape as Reshape's constants: a run-time size equal to x's own size at that axis is 0."""
+        params = self.params.get(x, ())
+        out = []
+        for i, d in enumerate(dims):
+            if isinstance(d, int):
+                out.append(d)
+                continue
+            source, axis = d
+            same = (source == x and axis == i) or (i < len(params) and params[i] is not None
+                                                   and self.params.get(source, ())[axis:axis + 1] == (params[i],))
+            if not same:
+                return None
+            out.append(0)
+        return out
 
     def pool(self, node, ins, a) -> fx.Node:
         kernel = tuple(a["kernel_shape"])

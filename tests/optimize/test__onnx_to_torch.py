@@ -87,6 +87,36 @@ def test_residual_cnn_with_batchnorm_matches_onnxruntime(tmp_path, dynamo, foldi
     assert torch.allclose(exported.module()(torch.from_numpy(x)), model(torch.from_numpy(x)), atol=1e-4)
 
 
+class _ViewCNN(nn.Module):
+    """Flattens with x.view(x.size(0), -1): the legacy exporter computes that shape with Shape/Gather/Concat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.max_pool2d(torch.relu(self.conv(x)), 2)
+        return self.fc(y.view(y.size(0), -1))
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_a_flatten_by_view_becomes_torch_flatten(tmp_path, dynamic):
+    torch.manual_seed(0)
+    model = _ViewCNN().eval()
+    path = tmp_path / "view.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(2, 1, 8, 8),), str(path), input_names=["x"], opset_version=18,
+                          dynamo=False, dynamic_axes={"x": {0: "batch"}} if dynamic else None)
+    assert ("Shape" in _ops(path)) is dynamic
+    module = onnx_to_torch(path)
+    assert torch.flatten in [n.target for n in module.graph.nodes]  # follows the channels once they are pruned
+    x = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    assert verify(module, path, {"x": x}, ["x"]) < 1e-5
+    assert module(torch.rand(7, 1, 8, 8)).shape == (7, 10)
+
+
 def _graph(nodes, inputs, output, initializers, opset=18):
     graph = helper.make_graph(nodes, "g", inputs, [output],
                               [numpy_helper.from_array(v, k) for k, v in initializers.items()])
