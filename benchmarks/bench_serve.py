@@ -14,11 +14,18 @@ from the environment its processes start with, so the two optiserve front ends c
   Ray Serve defaults, on the proxy cluster;
 - uvicorn + FastAPI: one process, the same onnxruntime session per request, no batching;
 - Triton: NVIDIA's server from the `nvidia-pytriton` wheel (model in a Python callable running onnxruntime,
-  dynamic batching 32 / 2 ms), when `--triton-python` names a Python that has it (never a project dependency);
+  dynamic batching 32 / 2 ms), when `--triton-python` names a Python that has it (never a project dependency:
+  `/usr/bin/python3.11 -m venv build/triton-sys && build/triton-sys/bin/pip install nvidia-pytriton onnxruntime`;
+  the venv must come from the Python whose libpython its backend stub links, here Debian's 3.11, not pyenv's);
 - in-process onnxruntime: CONNECTIONS threads calling one session (no HTTP): the limit.
 
-Usage: python benchmarks/bench_serve.py [--duration 10] [--connections 16] [--rounds 3] [--out build/bench/serve]
-       [--triton-python build/triton-venv/bin/python] [--only optiserve,proxy,...]
+Each server is driven with KServe v2 JSON; optiserve and Triton also with Triton's binary tensor extension and
+over gRPC (KServe v2 ModelInfer, raw tensor contents). Load: `wrk` for HTTP and `h2load` (Debian's
+nghttp2-client) for gRPC, both written in C, one request in flight per connection, at 1, 16 and 64 connections.
+
+Usage: python benchmarks/bench_serve.py [--duration 10] [--connections 1,16,64] [--rounds 3]
+       [--out build/bench/serve] [--triton-python build/triton-sys/bin/python] [--only optiserve,triton,...]
+       [--protocols json,binary,grpc]
 """
 
 from __future__ import annotations
@@ -49,9 +56,12 @@ NAMES = {
     "triton": "NVIDIA Triton (pytriton)",
     "inproc": "in-process onnxruntime (limit)",
 }
+# Which protocols each server is measured with: KServe v2 JSON, Triton's binary tensor extension, KServe v2 gRPC.
+PROTOCOLS = {"optiserve": ("json", "binary", "grpc"), "triton": ("json", "binary", "grpc")}
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 WRK_LUA = """wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open("{body}", "rb")
+wrk.headers["Content-Type"] = "{content_type}"
+{extra}local f = io.open("{body}", "rb")
 wrk.body = f:read("*a")
 f:close()
 """
@@ -93,10 +103,56 @@ def build_model(out: Path) -> Path:
     return repo
 
 
+def _input() -> np.ndarray:
+    return np.random.default_rng(0).random((1, 64), dtype=np.float32)
+
+
 def request_body() -> bytes:
-    x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
+    x = _input()
     return json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                                    "data": [round(float(v), 6) for v in x.ravel()]}]}).encode()
+
+
+def binary_body() -> tuple[bytes, int]:
+    """A request in Triton's binary tensor extension (JSON header, then the raw tensor; binary output asked for),
+    and the header's length (the `Inference-Header-Content-Length` header)."""
+    raw = _input().tobytes()
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    return header + raw, len(header)
+
+
+def grpc_body() -> bytes:
+    """One KServe v2 ModelInfer call as gRPC puts it on the wire (a length-prefixed protobuf), raw tensor contents."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="mlp")
+    tensor = request.inputs.add(name="input", datatype="FP32")
+    tensor.shape.extend([1, 64])
+    request.raw_input_contents.append(_input().tobytes())
+    request.outputs.add(name="logits")
+    message = request.SerializeToString()
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def check_grpc(port: int, timeout_s: float = 240) -> None:
+    """One real ModelInfer through Triton's gRPC client: h2load sees HTTP status only, not gRPC's status."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    tensor = grpcclient.InferInput("input", [1, 64], "FP32")
+    tensor.set_data_from_numpy(_input())
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            out = client.infer("mlp", [tensor]).as_numpy("logits")
+            assert out.shape == (1, 10), out.shape
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 # ---- servers (each runs in its own process: `bench_serve.py --serve KIND ...`) ------------------------------
@@ -109,7 +165,7 @@ def _wait_forever() -> None:
         pass
 
 
-def serve_ray(kind: str, repo: Path, port: int, out: Path) -> None:
+def serve_ray(kind: str, repo: Path, port: int, grpc_port: int | None, out: Path) -> None:
     import ray
 
     import serve
@@ -122,7 +178,7 @@ def serve_ray(kind: str, repo: Path, port: int, out: Path) -> None:
                       "max_queue: 1024}\n")
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
-        info = serve.start_app(repo, port=port, config_path=config)
+        info = serve.start_app(repo, port=port, config_path=config, grpc_port=grpc_port)
         assert info.ingress == ingress, info
         if kind == "proxy":
             deploy_plain(repo / "mlp" / "1" / "model.onnx")
@@ -232,6 +288,21 @@ def run_wrk(url: str, lua: Path, connections: int, duration_s: float, threads: i
     return parse_wrk(out)
 
 
+def run_h2load(url: str, body: Path, connections: int, duration_s: float, log: Path,
+               threads: int = 2) -> dict[str, float]:
+    """gRPC load from h2load (nghttp2's C HTTP/2 load generator): one stream per connection at a time, like wrk.
+
+    p50/p99 come from its per-request log; a stream that did not end in HTTP 200 counts as failed."""
+    cmd = ["h2load", f"-t{min(threads, connections)}", f"-c{connections}", "-m1", f"-D{duration_s:g}",
+           f"--log-file={log}", "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration_s + 60).stdout
+    rows = np.loadtxt(log, dtype=np.int64, ndmin=2, usecols=(1, 2))
+    ok = rows[rows[:, 0] == 200, 1] / 1000.0
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    return {"throughput_rps": rps * len(ok) / max(len(rows), 1), "p50_ms": float(np.percentile(ok, 50)),
+            "p99_ms": float(np.percentile(ok, 99)), "errors": int(len(rows) - len(ok))}
+
+
 def bench_in_process(model_path: Path, connections: int, duration_s: float) -> dict[str, float]:
     import onnxruntime as ort
 
@@ -283,94 +354,139 @@ def _stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+class Load:
+    """The request files and how to drive one (server, protocol) candidate at a given concurrency."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        (out / "body.json").write_bytes(request_body())
+        binary, header_len = binary_body()
+        (out / "body.bin").write_bytes(binary)
+        (out / "body.grpc").write_bytes(grpc_body())
+        self.lua = {"json": out / "post.lua", "binary": out / "post-binary.lua"}
+        self.lua["json"].write_text(WRK_LUA.format(content_type="application/json", extra="",
+                                                   body=out / "body.json"))
+        self.lua["binary"].write_text(WRK_LUA.format(
+            content_type="application/octet-stream", body=out / "body.bin",
+            extra=f'wrk.headers["Inference-Header-Content-Length"] = "{header_len}"\n'))
+
+    def run(self, url: str, protocol: str, connections: int, duration_s: float) -> dict[str, float]:
+        if protocol == "grpc":
+            return run_h2load(url, self.out / "body.grpc", connections, duration_s, self.out / "h2load.log")
+        return run_wrk(url, self.lua[protocol], connections, duration_s)
+
+
+def start_servers(args, wanted: list[str], model_path: Path, body: bytes) -> tuple[list, dict[str, dict[str, str]]]:
+    """Start every wanted server in its own process; return the processes and each one's URL per protocol."""
+    me = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out)]
+    procs, urls = [], {}
+    for kind in ("optiserve", "proxy", "uvicorn", "triton"):
+        if kind not in wanted and not (kind == "proxy" and "plain" in wanted):  # plain runs on the proxy cluster
+            continue
+        port, grpc = free_port(), free_port()
+        base = f"http://127.0.0.1:{port}"
+        infer = "/plain" if kind == "proxy" and "proxy" not in wanted else "/v2/models/mlp/infer"
+        if kind == "triton":
+            cmd = [args.triton_python, "-c", TRITON_SERVER, str(model_path), str(port), str(grpc), str(free_port())]
+        else:
+            cmd = [*me, "--serve", kind, "--port", str(port)]
+            cmd += ["--grpc-port", str(grpc)] if "grpc" in PROTOCOLS.get(kind, ()) else []
+        try:
+            procs.append(_start(cmd, base + infer, body))
+        except RuntimeError as exc:  # a peer that does not run here is reported, not fatal
+            print(f"{NAMES[kind]} skipped: {exc}"[:300], flush=True)
+            continue
+        urls[kind] = {p: base + "/v2/models/mlp/infer" for p in PROTOCOLS.get(kind, ("json",)) if p != "grpc"}
+        if "grpc" in PROTOCOLS.get(kind, ()):
+            try:
+                check_grpc(grpc, timeout_s=60)
+                urls[kind]["grpc"] = f"http://127.0.0.1:{grpc}{GRPC_PATH}"
+            except Exception as exc:  # noqa: BLE001 - reported, the other protocols still run
+                print(f"{NAMES[kind]} gRPC skipped: {exc}"[:300], flush=True)
+        if kind == "proxy":
+            urls["plain"] = {"json": base + "/plain"}
+    return procs, urls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("build/bench/serve"))
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per candidate and round")
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--connections", default="1,16,64", help="comma-separated concurrency levels")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--triton-python", help="a Python with nvidia-pytriton installed (its own venv)")
     parser.add_argument("--only", help="comma-separated subset of: " + ",".join(NAMES))
+    parser.add_argument("--protocols", default="json,binary,grpc", help="subset of json,binary,grpc")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run one server in this process
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--grpc-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out = args.out.resolve()
     repo = build_model(args.out)
     model_path = repo / "mlp" / "1" / "model.onnx"
     if args.serve in ("optiserve", "proxy"):
-        return serve_ray(args.serve, repo, args.port, args.out)
+        return serve_ray(args.serve, repo, args.port, args.grpc_port, args.out)
     if args.serve == "uvicorn":
         return serve_uvicorn(model_path, args.port)
 
-    body = request_body()
-    (args.out / "body.json").write_bytes(body)
-    lua = args.out / "post.lua"
-    lua.write_text(WRK_LUA.format(body=args.out / "body.json"))
+    load = Load(args.out)
+    levels = [int(c) for c in args.connections.split(",")]
+    protocols = args.protocols.split(",")
     wanted = args.only.split(",") if args.only else list(NAMES)
     if "triton" in wanted and not args.triton_python:
         print("Triton skipped: no --triton-python (install nvidia-pytriton in its own venv)", flush=True)
         wanted.remove("triton")
-    me = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out)]
-    procs, urls = [], {}
+    procs, urls = start_servers(args, wanted, model_path, request_body())
     try:
-        servers = {
-            "optiserve": ([*me, "--serve", "optiserve"], "/v2/models/mlp/infer"),
-            "proxy": ([*me, "--serve", "proxy"], "/v2/models/mlp/infer"),
-            "uvicorn": ([*me, "--serve", "uvicorn"], "/v2/models/mlp/infer"),
-            "triton": ([args.triton_python or "", "-c", TRITON_SERVER, str(model_path)], "/v2/models/mlp/infer"),
-        }
-        if "plain" in wanted and "proxy" not in wanted:
-            wanted.append("proxy")  # the plain deployment runs on the proxy cluster
-        for kind, (cmd, path) in servers.items():
-            if kind not in wanted:
-                continue
-            port = free_port()
-            urls[kind] = f"http://127.0.0.1:{port}{path}"
-            if kind == "proxy":
-                urls["plain"] = f"http://127.0.0.1:{port}/plain"
-            extra = [str(port), str(free_port()), str(free_port())] if kind == "triton" else ["--port", str(port)]
-            try:
-                procs.append(_start([*cmd, *extra], urls["plain" if kind == "proxy" else kind], body))
-            except RuntimeError as exc:  # a peer that does not run here is reported, not fatal
-                print(f"{NAMES[kind]} skipped: {exc}"[:300], flush=True)
-                wanted.remove(kind)
-                urls.pop(kind)
-        order = [k for k in NAMES if k in wanted]
-        results: dict[str, list[dict]] = {k: [] for k in order}
+        candidates = [(kind, p) for kind in NAMES if kind in wanted for p in PROTOCOLS.get(kind, ("json",))
+                      if p in protocols and (kind == "inproc" or p in urls.get(kind, {}))]
+        results: dict[str, dict[str, list[dict]]] = {f"{k}/{p}": {str(c): [] for c in levels} for k, p in candidates}
         loads = []
-        for url in urls.values():
-            run_wrk(url, lua, args.connections, 2)  # warm-up
+        for kind, protocol in candidates:
+            if kind != "inproc":
+                load.run(urls[kind][protocol], protocol, 16, 2)  # warm-up
         for round_ in range(args.rounds):
-            for kind in order:
-                loads.append(os.getloadavg()[0])
-                if kind == "inproc":
-                    r = bench_in_process(model_path, args.connections, args.duration)
-                else:
-                    r = run_wrk(urls[kind], lua, args.connections, args.duration)
-                results[kind].append(r)
-                print(f"round {round_ + 1} {NAMES[kind]}: {r['throughput_rps']:.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
-                      f"p99 {r['p99_ms']:.2f} ms  errors {r['errors']}  (load {loads[-1]:.1f})", flush=True)
+            for connections in levels:
+                for kind, protocol in candidates:
+                    loads.append(os.getloadavg()[0])
+                    if kind == "inproc":
+                        r = bench_in_process(model_path, connections, args.duration)
+                    else:
+                        r = load.run(urls[kind][protocol], protocol, connections, args.duration)
+                    results[f"{kind}/{protocol}"][str(connections)].append(r)
+                    print(f"round {round_ + 1} c{connections} {NAMES[kind]} {protocol}: {r['throughput_rps']:.0f} "
+                          f"req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  errors {r['errors']}  "
+                          f"(load {loads[-1]:.1f})", flush=True)
     finally:
         for proc in procs:
             _stop(proc)
-    report(args, results, loads)
+    report(args, levels, results, loads)
 
 
-def report(args, results: dict[str, list[dict]], loads: list[float]) -> None:
+def report(args, levels: list[int], results: dict[str, dict[str, list[dict]]], loads: list[float]) -> None:
     def span(runs, key, fmt):
         values = [r[key] for r in runs]
         return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
-    base = statistics.median(r["throughput_rps"] for r in results["proxy"]) if results.get("proxy") else None
-    print(f"\n{cpu_model()}; load average during the run {min(loads):.1f}-{max(loads):.1f}; wrk, "
-          f"{args.connections} connections, batch-1 KServe v2 JSON, {args.duration:g} s per candidate, "
-          f"{args.rounds} interleaved rounds: median (min-max)\n")
-    print("| server | req/s | p50 ms | p99 ms | failed | req/s vs previous path |")
-    print("|---|---|---|---|---|---|")
-    for kind, runs in results.items():
-        ratio = statistics.median(r["throughput_rps"] for r in runs) / base if base else float("nan")
-        print(f"| {NAMES[kind]} | {span(runs, 'throughput_rps', '{:.0f}')} | {span(runs, 'p50_ms', '{:.1f}')} | "
-              f"{span(runs, 'p99_ms', '{:.1f}')} | {sum(r['errors'] for r in runs)} | {ratio:.2f}x |")
+    def rps(name: str, c: int) -> float | None:
+        runs = results.get(name, {}).get(str(c))
+        return statistics.median(r["throughput_rps"] for r in runs) if runs else None
+
+    print(f"\n{cpu_model()}; load average during the run {min(loads):.1f}-{max(loads):.1f}; wrk (HTTP) and h2load "
+          f"(gRPC), batch-1 requests, {args.duration:g} s per candidate, {args.rounds} interleaved rounds: "
+          "median (min-max)")
+    for c in levels:
+        triton = rps("triton/json", c)
+        print(f"\n{c} connection{'s' if c > 1 else ''}\n")
+        print("| server | protocol | req/s | p50 ms | p99 ms | failed | vs Triton JSON |")
+        print("|---|---|---|---|---|---|---|")
+        for name, by_level in results.items():
+            kind, protocol = name.split("/")
+            runs = by_level[str(c)]
+            ratio = f"{rps(name, c) / triton:.2f}x" if triton else "-"
+            print(f"| {NAMES[kind]} | {protocol} | {span(runs, 'throughput_rps', '{:.0f}')} | "
+                  f"{span(runs, 'p50_ms', '{:.1f}')} | {span(runs, 'p99_ms', '{:.1f}')} | "
+                  f"{sum(r['errors'] for r in runs)} | {ratio} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(
         {"rounds": results, "loadavg": loads, "cpu": cpu_model(), "args": vars(args)}, indent=2, default=str))
