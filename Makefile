@@ -8,11 +8,11 @@ DEMO  := build/demo
 
 .PHONY: install demo test lint bench clean
 
-$(STAMP): pyproject.toml requirements.lock requirements-test-nodeps.txt
+$(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps -r requirements-test-nodeps.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
