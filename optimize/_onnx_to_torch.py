@@ -154,8 +154,7 @@ class _Converter:
         return name
 
     def add_layer(self, node, weight: str, layer: nn.Module, x) -> fx.Node:
-        name = self.layer_name(node, weight)
-        _set_module(self.root, name, layer)
+        name = _set_module(self.root, self.layer_name(node, weight), layer)
         return self.graph.call_module(name, (x,))
 
     # ---- conversion ---------------------------------------------------------------------------------
@@ -272,14 +271,15 @@ class _Converter:
         alpha, beta = a.get("alpha", 1.0), a.get("beta", 1.0)
         trans_a, trans_b = a.get("transA", 0), a.get("transB", 0)
         w, c = self.const(ins[1]), self.const(ins[2]) if len(ins) > 2 else None
-        bias_ok = len(ins) < 3 or not ins[2] or (c is not None and c.size in (1, w.shape[0 if trans_b else 1]))
-        if w is not None and w.ndim == 2 and not trans_a and bias_ok:
+        if w is not None and w.ndim == 2 and not trans_a and (
+                len(ins) < 3 or not ins[2] or (c is not None and c.size in (1, w.shape[0 if trans_b else 1]))):
             weight = (w if trans_b else w.T) * alpha
             layer = nn.Linear(weight.shape[1], weight.shape[0], bias=c is not None)
             with torch.no_grad():
                 layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight, np.float32)))
                 if c is not None:
-                    layer.bias.copy_(torch.from_numpy(np.broadcast_to(c * beta, (weight.shape[0],)).astype(np.float32)))
+                    layer.bias.copy_(torch.from_numpy(np.broadcast_to((c * beta).reshape(-1), (weight.shape[0],))
+                                                     .astype(np.float32)))
             return self.add_layer(node, ins[1], layer, self.value(ins[0]))
         x, y = self.value(ins[0]), self.value(ins[1])
         x = self.call(torch.t, x) if trans_a else x
@@ -548,7 +548,8 @@ def _taken(root: nn.Module, name: str) -> bool:
         return False
 
 
-def _set_module(root: nn.Module, name: str, layer: nn.Module) -> None:
+def _set_module(root: nn.Module, name: str, layer: nn.Module) -> str:
+    """Add `layer` at the dotted `name` (containers made on the way); returns the name it got."""
     *parents, leaf = name.split(".")
     mod = root
     for part in parents:
@@ -556,9 +557,13 @@ def _set_module(root: nn.Module, name: str, layer: nn.Module) -> None:
             mod.add_module(part, nn.Module())
         mod = getattr(mod, part)
         if type(mod) is not nn.Module:  # `net` is already a layer: keep the name flat instead
-            root.add_module(name.replace(".", "_"), layer)
-            return
+            flat = name.replace(".", "_")
+            while _taken(root, flat):
+                flat += "_"
+            root.add_module(flat, layer)
+            return flat
     mod.add_module(leaf, layer)
+    return name
 
 
 def onnx_to_torch(path: Path) -> fx.GraphModule:

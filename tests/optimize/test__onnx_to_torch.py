@@ -191,3 +191,24 @@ def test_a_wrong_conversion_is_refused(tmp_path):
         module.get_submodule("0").bias.add_(1.0)
     with pytest.raises(UserError, match="disagrees with onnxruntime"):
         verify(module, path, {"x": np.ones((3, 4), np.float32)}, ["x"])
+
+
+def test_gemm_attributes_and_computed_weights(tmp_path):
+    """alpha/beta/transB and a (1, N) bias fold into nn.Linear; a Gemm on two activations stays a matmul."""
+    rng = np.random.default_rng(0)
+    f = np.float32
+    inits = {"net.weight": rng.normal(size=(6, 5)).astype(f), "net.bias": rng.normal(size=(1, 6)).astype(f),
+             "net.sub.weight": rng.normal(size=(6, 6)).astype(f), "c": rng.normal(size=(6,)).astype(f)}
+    nodes = [
+        helper.make_node("Gemm", ["x", "net.weight", "net.bias"], ["g1"], alpha=0.5, beta=2.0, transB=1),
+        helper.make_node("Gemm", ["g1", "net.sub.weight", "c"], ["g2"]),  # named under a layer: kept flat
+        helper.make_node("Gemm", ["g2", "g2", "c"], ["g3"], transA=1, alpha=0.1),  # no stored weight: a matmul
+        helper.make_node("Elu", ["g3"], ["y"]),
+    ]
+    model = _graph(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 5])],
+                   helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 6]), inits)
+    path = tmp_path / "gemm.onnx"
+    onnx.save(model, str(path))
+    module = onnx_to_torch(path)
+    assert sorted(n for n, m in module.named_modules() if isinstance(m, nn.Linear)) == ["net", "net_sub"]
+    assert verify(module, path, {"x": rng.normal(size=(6, 5)).astype(f)}, ["x"]) < 1e-4
