@@ -208,7 +208,11 @@ def _compare(args, console: Console) -> int:
             if "best_vs_fair_bound" in s:
                 line += f", {s['best_vs_fair_bound']:.2f}x the fair bound"
             console.print(line)
-            console.print(f"reachable: {tc.references['verdict']}\n")
+            react = s.get("reactive_goal_vs_fair_bound")
+            fair_note = "" if react is None else (
+                f" Without foresight the reactive reference's cheapest {args.goal:.0%} is {react:.2f}x the fair "
+                "bound (a fluid model without queueing: optimistic for reaction).")
+            console.print(f"reachable: {tc.references['verdict']}{fair_note}\n")
         console.print(worst_case_table(f"worst case across {len(comparison.traces)} traces (goal {args.goal:.0%})",
                                        comparison.worst_case()))
         start = profile.notes.get("replica_start", {}) if isinstance(profile.notes, dict) else {}

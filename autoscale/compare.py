@@ -78,6 +78,9 @@ class TraceComparison:
             out["best_vs_bound"] = best.ratio_to_bound
             if self.fair_bound:
                 out["best_vs_fair_bound"] = best.replica_seconds / self.fair_bound["replica_seconds"]
+        react = self.references.get("reactive_goal_replica_seconds")
+        if react is not None and self.fair_bound:  # no foresight (fluid, so optimistic) against foresight
+            out["reactive_goal_vs_fair_bound"] = float(react) / self.fair_bound["replica_seconds"]
             if self.tuned_queue:
                 out["best_vs_tuned_queue"] = best.replica_seconds / self.tuned_queue.replica_seconds
         return out

@@ -97,6 +97,9 @@ def test_compare_trace_reports_each_policy_against_the_fair_bound():
     row = tc.policy_rows()[0]
     assert row["vs_fair_bound"] == pytest.approx(row["replica_seconds"] / fair)
     assert tc.summary()["best_vs_fair_bound"] == pytest.approx(row["vs_fair_bound"])
+    if tc.references["reactive_goal_replica_seconds"] is not None:
+        assert tc.summary()["reactive_goal_vs_fair_bound"] == pytest.approx(
+            tc.references["reactive_goal_replica_seconds"] / fair)
     worst = Comparison([tc]).worst_case()[0]
     assert worst["worst_vs_fair_bound"] == pytest.approx(row["vs_fair_bound"])
     assert worst["worst_vs_fair_bound_trace"] == "bursty"
