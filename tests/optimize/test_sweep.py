@@ -88,13 +88,19 @@ def test_report_json_and_self_contained_html(serial_sweep):
     assert page.count("<tr class=") == len(report.variants) and page.count("<td>★</td>") == len(report.pareto)
 
 
-def test_cli_sweep_refuses_pruning_onnx(tmp_path, capsys):
-    import torch
+def test_cli_sweep_refuses_pruning_an_unconvertible_onnx(tmp_path, capsys):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-    model = tmp_path / "linear.onnx"
-    torch.onnx.export(torch.nn.Linear(64, 10), (torch.zeros(1, 64),), str(model), dynamo=False)
+    nodes = [helper.make_node("TopK", ["x", "k"], ["y", "idx"], name="pick")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+                              [numpy_helper.from_array(np.array([2], np.int64), "k")])
+    model = tmp_path / "topk.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(model))
     assert main(["sweep", str(model), "--prune-ratios", "0,0.5", "--out", str(tmp_path / "out")]) == 2
-    assert "cannot be pruned" in capsys.readouterr().err
+    assert "cannot be made prunable: operator TopK (node 'pick')" in capsys.readouterr().err
 
 
 @pytest.mark.ray
