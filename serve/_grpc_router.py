@@ -12,6 +12,15 @@ the model's deployment by `model_name` through a DeploymentHandle: the same one 
 the same replicas, batcher and bounded queues the HTTP path uses, whichever front end (haproxy or proxy) serves
 HTTP. ModelInfer's bytes are forwarded as received (the router reads only `model_name`); the model replica
 translates them (serve/_grpc.py) and answers serialized bytes.
+
+ModelInfer calls are coalesced per model (`Coalescer`): one handle call costs about as much router and replica
+time as a small inference, so calls that arrive while the model's allowed handle calls are all in flight wait
+and leave together, as ONE call carrying a list of requests (the replica submits them to its batcher at once
+and answers one result per request: its own bytes or its own error). Nothing waits on purpose: with a free
+slot a call leaves at the next turn of the event loop. Slots scale with the model's running replicas, so
+Serve's power-of-two-choices routing still spreads groups over every replica; each request inside a group
+still meets the replica's bounded queue (overload is its own UNAVAILABLE with retry-after), and a group is an
+ordinary handle call (roll-out and scale-down drain it as any other).
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -36,12 +47,97 @@ GRPC_DEPLOYMENT = "grpc"
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource of the head node (Ray's own state actors use it)
 log = logging.getLogger("optiserve.serve")
 pb = _grpc.pb
+Result = tuple[int, Any, float | None]  # a model replica's (HTTP-style status, payload or message, retry-after s)
+MAX_GROUP = 64  # requests per coalesced handle call
+MAX_GROUP_BYTES = 16 << 20  # and their bytes (a single larger request still goes, alone)
+SLOTS_PER_REPLICA = 2  # handle calls in flight per running replica: one answering while the next is queued
+REPLICAS_TTL_S = 2.0  # how long a model's running-replica count is trusted
 
 
 class Abort(Exception):
     def __init__(self, code: grpc.StatusCode, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.retry_after_s = code, message, retry_after_s
+
+
+class Coalescer:
+    """Gathers one model's requests into group calls: `send(list of requests) -> list of results, in order`.
+
+    At most `slots()` groups are in flight; a request that finds a free slot leaves at the next turn of the
+    event loop (with whatever else arrived in that turn), otherwise it joins the next group, which leaves as
+    soon as a slot frees. A group holds at most `max_group` requests and `max_bytes` bytes. If `send` raises,
+    every request of that group gets the exception. Pure asyncio: no Ray, no gRPC."""
+
+    def __init__(self, send: Callable[[list[bytes]], Awaitable[list[Any]]], slots: Callable[[], int],
+                 max_group: int = MAX_GROUP, max_bytes: int = MAX_GROUP_BYTES) -> None:
+        self._send, self._slots = send, slots
+        self.max_group, self.max_bytes = max_group, max_bytes
+        self._pending: deque[tuple[bytes, asyncio.Future]] = deque()
+        self._in_flight = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def submit(self, request: bytes) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        self._schedule()
+        return await future  # a caller that gives up cancels its future; its group skips it
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._pending and self._in_flight < max(1, self._slots()):
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        slots = max(1, self._slots())
+        while self._pending and self._in_flight < slots:
+            group = self._take()
+            if group:
+                self._in_flight += 1
+                task = asyncio.get_running_loop().create_task(self._run(group))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[tuple[bytes, asyncio.Future]]:
+        group: list[tuple[bytes, asyncio.Future]] = []
+        size = 0
+        while self._pending and len(group) < self.max_group:
+            request, future = self._pending[0]
+            if future.done():  # its caller gave up before it left
+                self._pending.popleft()
+                continue
+            if group and size + len(request) > self.max_bytes:
+                break
+            self._pending.popleft()
+            group.append((request, future))
+            size += len(request)
+        return group
+
+    async def _run(self, group: list[tuple[bytes, asyncio.Future]]) -> None:
+        try:
+            results = await self._send([request for request, _ in group])
+            if len(results) != len(group):
+                raise RuntimeError(f"{len(results)} results for a group of {len(group)} requests")
+        except asyncio.CancelledError:
+            for _, future in group:
+                future.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to every caller of the group, each raises it
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future), result in zip(group, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self._in_flight -= 1
+            self._schedule()
 
 
 @rs.deployment(name=GRPC_DEPLOYMENT, num_replicas=1, health_check_period_s=5, graceful_shutdown_timeout_s=10)
@@ -53,6 +149,9 @@ class GrpcRouter:
         self.models = set(models)
         self.token_sha256 = token_sha256
         self._handles: dict[str, Any] = {}
+        self._coalescers: dict[str, Coalescer] = {}
+        self._replicas: dict[str, tuple[float, int]] = {}  # model -> (checked at, running replicas)
+        self._replicas_task: asyncio.Task | None = None
         self._ready_cache = (0.0, False)
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -134,9 +233,34 @@ class GrpcRouter:
 
     async def _infer(self, raw: bytes) -> bytes:
         model = _grpc.parse_infer(raw).model_name if raw else ""
-        return _answer(await self._call(model, "grpc_infer", raw))
+        self._handle(model)  # NOT_FOUND before it joins a group
+        coalescer = self._coalescers.get(model)
+        if coalescer is None:
+            coalescer = self._coalescers[model] = Coalescer(
+                lambda raws: self._call(model, "grpc_infer_many", raws), lambda: self._slots(model))
+        return _answer(await coalescer.submit(raw))
 
-    async def _call(self, model: str, method: str, *args) -> Any:
+    def _slots(self, model: str) -> int:
+        """Group calls allowed in flight for a model: SLOTS_PER_REPLICA per running replica (a stale count is
+        used while a fresh one is fetched off the event loop)."""
+        checked_at, replicas = self._replicas.get(model, (0.0, 1))
+        if time.monotonic() - checked_at > REPLICAS_TTL_S and self._replicas_task is None:
+            self._replicas_task = asyncio.get_running_loop().create_task(self._count_replicas())
+        return SLOTS_PER_REPLICA * max(1, replicas)
+
+    async def _count_replicas(self) -> None:
+        try:
+            counts = await asyncio.to_thread(_running_replicas, sorted(self.models))
+            now = time.monotonic()
+            self._replicas.update({model: (now, n) for model, n in counts.items()})
+        except Exception:  # noqa: BLE001 - the last count stays; the next call retries
+            log.warning("could not count the models' replicas", exc_info=True)
+            now = time.monotonic()
+            self._replicas.update({m: (now, r) for m, (_, r) in self._replicas.items()})
+        finally:
+            self._replicas_task = None
+
+    def _handle(self, model: str) -> Any:
         if model not in self.models:
             served = ", ".join(sorted(self.models)) or "none"
             raise Abort(grpc.StatusCode.NOT_FOUND, f"model {model!r} is not served (served: {served})")
@@ -145,6 +269,10 @@ class GrpcRouter:
             from serve.app import MODEL_DEPLOYMENT, model_app_name
 
             handle = self._handles[model] = rs.get_deployment_handle(MODEL_DEPLOYMENT, app_name=model_app_name(model))
+        return handle
+
+    async def _call(self, model: str, method: str, *args) -> Any:
+        handle = self._handle(model)
         try:
             return await getattr(handle, method).remote(*args)
         except BackPressureError as exc:  # Serve's bounded handle queue is full
@@ -163,7 +291,21 @@ class GrpcRouter:
             await server.stop(grace=5)
 
 
-def _answer(result: tuple[int, Any, float | None]) -> Any:
+def _running_replicas(models: list[str]) -> dict[str, int]:
+    """Each model's RUNNING replicas, from Serve's status (a controller call: run it off the event loop)."""
+    from serve.app import MODEL_DEPLOYMENT, model_app_name
+
+    apps = rs.status().applications
+    counts = {}
+    for model in models:
+        app = apps.get(model_app_name(model))
+        deployment = app.deployments.get(MODEL_DEPLOYMENT) if app is not None else None
+        if deployment is not None:
+            counts[model] = sum(n for state, n in deployment.replica_states.items() if str(state).endswith("RUNNING"))
+    return counts
+
+
+def _answer(result: Result) -> Any:
     """A model replica's (HTTP-style status, payload or message, retry-after) as the payload or an Abort."""
     status, payload, retry_after_s = result
     if status == 200:

@@ -10,6 +10,7 @@ so a generated config file (`modelserve config`) deploys the same thing with `se
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,20 @@ class ModelServer:
     # The gRPC front end (serve/_grpc_router.py) calls these through a handle: answers are
     # (HTTP-style status, serialized message or error text, retry-after s), so a client's mistake never
     # travels as a Ray exception.
+
+    async def grpc_infer_many(self, raws: list[bytes]) -> list[tuple[int, bytes | str, float | None]]:
+        """A group of ModelInfer requests the router coalesced: submitted to the batcher together (so they
+        can share batches), one answer per request, in order; one request's mistake is its own answer."""
+        async def one(raw: bytes) -> tuple[int, bytes | str, float | None]:
+            try:
+                return await self.grpc_infer(raw)
+            except Exception:  # a failure of this request alone must not fail the others of its group
+                logging.getLogger("optiserve.serve").exception("gRPC inference failed")
+                return 500, "internal error (see the model replica's log)", None
+
+        if len(raws) == 1:
+            return [await one(raws[0])]
+        return list(await asyncio.gather(*(one(raw) for raw in raws)))
 
     async def grpc_infer(self, raw: bytes) -> tuple[int, bytes | str, float | None]:
         from serve import _grpc

@@ -1,5 +1,8 @@
 """The gRPC front end's place in the deployed application and the CLI (no Ray started; test_grpc.py runs it live)."""
 
+import asyncio
+
+import grpc
 import pytest
 import yaml
 
@@ -7,7 +10,7 @@ pytest.importorskip("tritonclient.grpc")
 
 from optiserve.errors import UserError  # noqa: E402
 from serve._deploy import serve_config, start_app  # noqa: E402
-from serve._grpc_router import GRPC_APP, Abort, _answer, grpc_app  # noqa: E402
+from serve._grpc_router import GRPC_APP, Abort, Coalescer, _answer, grpc_app  # noqa: E402
 from serve.cli import main  # noqa: E402
 from serve.config import ServeConfig  # noqa: E402
 
@@ -46,3 +49,117 @@ def test_replica_answers_become_payloads_or_grpc_statuses():
     with pytest.raises(Abort) as info:
         _answer((503, "queue is full", 1.0))
     assert info.value.code.name == "UNAVAILABLE" and info.value.retry_after_s == 1.0
+
+
+class FakeModel:
+    """A model deployment's group call: records each group, answers when the test releases it."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.groups: list[list[bytes]] = []
+        self.gates: list[asyncio.Event] = []
+        self.fail = fail
+
+    async def send(self, raws: list[bytes]) -> list[tuple[int, bytes, None]]:
+        self.groups.append(list(raws))
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [(200, b"answer:" + raw, None) for raw in raws]
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_coalescer_gathers_calls_that_arrive_while_its_slots_are_busy():
+    async def scenario():
+        model = FakeModel()
+        co = Coalescer(model.send, lambda: 1)
+        first = asyncio.ensure_future(co.submit(b"a"))
+        await settle()
+        assert model.groups == [[b"a"]]  # nothing in flight: it left alone, without waiting for company
+        rest = [asyncio.ensure_future(co.submit(bytes([c]))) for c in b"bcde"]
+        await settle()
+        assert model.groups == [[b"a"]] and co.in_flight == 1  # the only slot is busy: they wait together
+        model.gates[0].set()
+        assert await first == (200, b"answer:a", None)
+        await settle()
+        assert model.groups[1] == [b"b", b"c", b"d", b"e"]  # one call for all four
+        model.gates[1].set()
+        assert await asyncio.gather(*rest) == [(200, b"answer:" + bytes([c]), None) for c in b"bcde"]
+        assert co.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_coalescer_bounds_groups_by_count_and_bytes_and_uses_every_slot():
+    async def scenario():
+        model = FakeModel()
+        slots = [1]
+        co = Coalescer(model.send, lambda: slots[0], max_group=3, max_bytes=10)
+        blocker = asyncio.ensure_future(co.submit(b"0"))
+        await settle()
+        calls = [asyncio.ensure_future(co.submit(bytes([c]))) for c in b"1234567"]
+        big = asyncio.ensure_future(co.submit(b"x" * 20))  # over max_bytes: still goes, alone
+        await settle()
+        slots[0] = 4  # more replicas: more groups in flight at once
+        model.gates[0].set()
+        await blocker
+        await settle()
+        assert model.groups[1:] == [[b"1", b"2", b"3"], [b"4", b"5", b"6"], [b"7"], [b"x" * 20]]
+        assert co.in_flight == 4
+        for gate in model.gates[1:]:
+            gate.set()
+        assert [r[1] for r in await asyncio.gather(*calls, big)] == \
+            [b"answer:" + bytes([c]) for c in b"1234567"] + [b"answer:" + b"x" * 20]
+
+    asyncio.run(scenario())
+
+
+def test_coalescer_hands_a_failed_call_to_each_of_its_requests_and_skips_callers_that_gave_up():
+    async def scenario():
+        overloaded = Abort(grpc.StatusCode.UNAVAILABLE, "model m is overloaded", 1.0)
+        model = FakeModel(fail=overloaded)
+        co = Coalescer(model.send, lambda: 1)
+        blocker = asyncio.ensure_future(co.submit(b"0"))
+        await settle()
+        waiting = [asyncio.ensure_future(co.submit(c)) for c in (b"1", b"2", b"3")]
+        await settle()
+        waiting[1].cancel()  # its client's deadline passed while it waited
+        model.gates[0].set()
+        with pytest.raises(Abort):
+            await blocker
+        await settle()
+        assert model.groups[1] == [b"1", b"3"]
+        model.gates[1].set()
+        for call in (waiting[0], waiting[2]):
+            with pytest.raises(Abort) as info:
+                await call
+            assert info.value.code.name == "UNAVAILABLE" and info.value.retry_after_s == 1.0
+        model.fail = None  # the slot was freed: later calls go on
+        later = asyncio.ensure_future(co.submit(b"4"))
+        await settle()
+        model.gates[2].set()
+        assert await later == (200, b"answer:4", None)
+
+    asyncio.run(scenario())
+
+
+def test_coalescer_refuses_a_group_answer_of_the_wrong_length():
+    async def scenario():
+        async def short(raws):
+            return [(200, b"", None)]
+
+        co = Coalescer(short, lambda: 1)
+        first = asyncio.ensure_future(co.submit(b"0"))
+        await settle()
+        pair = [asyncio.ensure_future(co.submit(c)) for c in (b"1", b"2")]
+        assert await first == (200, b"", None)
+        for call in pair:
+            with pytest.raises(RuntimeError, match="1 results for a group of 2"):
+                await call
+
+    asyncio.run(scenario())

@@ -235,6 +235,42 @@ def test_overload_is_unavailable_with_retry_after_and_concurrent_answers_are_rig
     assert live["client"].infer("tiny", [given("input", x, "FP32")], headers=AUTH).as_numpy("logits").shape == (1, 10)
 
 
+def test_many_concurrent_calls_each_get_their_own_answer_and_a_bad_one_its_own_error(live):
+    """Calls in flight together travel to the replica in shared handle calls (the router coalesces them):
+    each still gets the answer to its own input, and one malformed request fails alone."""
+    import asyncio
+
+    rng = np.random.default_rng(7)
+    inputs = [rng.random((1 + i % 3, 64), dtype=np.float32) for i in range(48)]
+    bad = 17  # declares 64 features but carries 32 per row
+
+    def message(i, x):
+        m = service_pb2.ModelInferRequest(model_name="mlp", model_version="1", id=f"r{i}")
+        m.inputs.add(name="input", datatype="FP32", shape=[x.shape[0], 64])
+        m.raw_input_contents.append(x[:, :32].tobytes() if i == bad else x.tobytes())
+        return m
+
+    async def all_at_once():
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{live['info'].grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            calls = [stub.ModelInfer(message(i, x), metadata=tuple(AUTH.items()), timeout=60)
+                     for i, x in enumerate(inputs)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    answers = asyncio.run(all_at_once())
+    expected = reference(live["repo"], "mlp", "1", {"input": np.concatenate(inputs)})
+    row = 0
+    for i, (x, answer) in enumerate(zip(inputs, answers, strict=True)):
+        mine, row = expected[row:row + len(x)], row + len(x)
+        if i == bad:
+            assert isinstance(answer, grpc.aio.AioRpcError) and answer.code().name == "INVALID_ARGUMENT"
+            continue
+        assert not isinstance(answer, BaseException), f"request {i}: {answer!r}"
+        assert answer.id == f"r{i}" and list(answer.outputs[0].shape) == [len(x), 10]
+        logits = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(len(x), 10)
+        np.testing.assert_allclose(logits, mine, rtol=1e-5, atol=1e-6)
+
+
 def test_http_is_unchanged_beside_grpc(live):
     info = live["info"]
     x = np.zeros((1, 64), np.float32)
