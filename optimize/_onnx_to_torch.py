@@ -214,6 +214,11 @@ class _Converter:
             return [self.conv(node, ins, a)]
         if op == "BatchNormalization":
             return [self.batchnorm(node, ins, a)]
+        if op == "Cast":
+            import onnx
+
+            dtype = torch.from_numpy(np.zeros(0, onnx.helper.tensor_dtype_to_np_dtype(a["to"]))).dtype
+            return [self.call(torch.Tensor.to, self.value(ins[0]), dtype)]
         if op == "Gelu":
             return [self.call(F.gelu, self.value(ins[0]), approximate=a.get("approximate", "none"))]
         if op == "LeakyRelu":
@@ -264,8 +269,8 @@ class _Converter:
             return [self.reduce(op, ins, a)]
         raise _Unsupported(
             "is not supported by the ONNX -> torch converter (it knows Gemm, MatMul, Conv, BatchNormalization, "
-            "activations, Add/Sub/Mul/Div, Flatten/Reshape, pooling, Transpose, Concat, Squeeze/Unsqueeze, "
-            "ReduceMean); give the TorchScript .pt or torch.export .pt2 of the model instead")
+            "activations, Add/Sub/Mul/Div, Flatten/Reshape, pooling, Transpose, Concat, Squeeze/Unsqueeze, Cast, "
+            "ReduceMean/Sum/Max); give the TorchScript .pt or torch.export .pt2 of the model instead")
 
     def gemm(self, node, ins, a) -> fx.Node:
         alpha, beta = a.get("alpha", 1.0), a.get("beta", 1.0)

@@ -324,9 +324,9 @@ def _prune(model_path: Path, out: Path, config: PruneConfig, calibration_path: P
     source = load_model(Path(model_path), config.allow_pickle)
     from optimize._prune_graph import prunable_module
 
-    prunable_module(source)  # refuse what cannot be pruned before reading any data
+    checked = prunable_module(source)  # refuse what cannot be pruned before reading any data
     inputs = resolve_inputs(source, config, calibration_path, eval_path)
-    base = prunable_module(source, _example(inputs))
+    base = checked if source.kind == "onnx" else prunable_module(source, _example(inputs))  # (ONNX needs no trace)
     notes = list(inputs.notes)
     if source.kind == "onnx":
         notes.append(_check_conversion(base, source, inputs))

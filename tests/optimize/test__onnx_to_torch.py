@@ -203,7 +203,9 @@ def test_gemm_attributes_and_computed_weights(tmp_path):
         helper.make_node("Gemm", ["x", "net.weight", "net.bias"], ["g1"], alpha=0.5, beta=2.0, transB=1),
         helper.make_node("Gemm", ["g1", "net.sub.weight", "c"], ["g2"]),  # named under a layer: kept flat
         helper.make_node("Gemm", ["g2", "g2", "c"], ["g3"], transA=1, alpha=0.1),  # no stored weight: a matmul
-        helper.make_node("Elu", ["g3"], ["y"]),
+        helper.make_node("Cast", ["g3"], ["g4"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", ["g4"], ["g5"], to=TensorProto.FLOAT),
+        helper.make_node("Elu", ["g5"], ["y"]),
     ]
     model = _graph(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 5])],
                    helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 6]), inits)
