@@ -38,7 +38,7 @@ before the new replica is ready misses the objective, and no later scaling can w
   sure it is the only one.
 
 Settings measured and left out (4.43 s start, seven trace families): standing headroom in proportion to
-the start time (`headroom_per_start` 0.05-0.1/s) costs 25-35 % more replica-seconds and does not lift
+the start time (`headroom_per_start` 0.05-0.1/s) costs 29-38 % more replica-seconds on step and spike and does not lift
 spike (it raises the capacity a rise must pass to be seen); projecting the first push of any significant
 jump (before a rise is confirmed) gains 0.03 points on spike and flaps on bursty (179 actions); so neither.
 
@@ -161,7 +161,7 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
 
     # Highest measured rate per minute over the memory: the size recurring bursts have shown.
     # ([minute start, max, sum, n]: also the mean rate over the memory, for the miss budget.)
-    peaks = [list(p) for p in state.get("peaks", []) if t - p[0] < cfg.memory_s]
+    peaks = [list(p) for p in state.get("peaks", []) if t - p[0] < cfg.memory_s and len(p) == 4]
     if peaks and t - peaks[-1][0] < 60.0:
         p = peaks[-1]
         peaks[-1] = [p[0], max(p[1], obs.arrival_rate_rps), p[2] + obs.arrival_rate_rps, p[3] + 1]
