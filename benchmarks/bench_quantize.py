@@ -45,8 +45,11 @@ def compare_peers(name: str, run_dir: Path, data_dir: Path, peers_python: str, o
     report = json.loads((run_dir / "report.json").read_text())
     fp32 = run_dir / "variants" / "fp32.onnx"
     peers_dir = out / f"{name}-peers"
-    subprocess.run([peers_python, str(Path(__file__).with_name("_peer_quantizers.py")), str(fp32),
-                    str(data_dir / "calibration.npz"), str(peers_dir)], check=True, capture_output=True, timeout=1800)
+    peers_dir.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).resolve().with_name("_peer_quantizers.py")
+    subprocess.run([peers_python, str(script), str(fp32.resolve()), str((data_dir / "calibration.npz").resolve()),
+                    str(peers_dir.resolve())], check=True, capture_output=True, timeout=1800,
+                   cwd=peers_dir)  # Olive writes its cache into the working directory
     built = json.loads((peers_dir / "peers.json").read_text())
     files = {f"optiserve ({report['chosen']})": run_dir / "model.onnx", "fp32": fp32,
              ANCHOR: run_dir / "variants" / f"{ANCHOR}.onnx"}
