@@ -159,7 +159,7 @@ def _check_gpus(served: dict[str, str], cfg: ServeConfig) -> None:
         mcfg = cfg.for_model(name)
         if mcfg.device != "cuda":
             continue
-        _session.providers("cuda")  # raises a clear UserError without onnxruntime's CUDA provider
+        _session.providers(mcfg)  # raises a clear UserError without onnxruntime's CUDA provider
         available = ray.cluster_resources().get("GPU", 0)
         if available < mcfg.gpus:
             raise UserError(

@@ -21,7 +21,6 @@ from optiserve.repository import MANIFEST_FILE, MODEL_FILE, Manifest, list_versi
 from serve import _session
 from serve._batching import Batcher, Overloaded, Retired
 from serve._codec import (
-    batchable,
     check_requested,
     decode_inputs,
     encode_outputs,
@@ -61,6 +60,7 @@ class Loaded:
     can_merge: bool
     stamp: tuple
     providers: list[str]
+    buckets: tuple[int, ...] = ()  # batch sizes merged batches are padded to (empty: none)
 
 
 def _stamp(repo: Path, name: str, version: str) -> tuple:
@@ -109,9 +109,7 @@ class ModelRuntime:
             if known and known[0] == stamp:
                 continue
             try:
-                manifest, session = _session.load(
-                    self.repo, self.name, version, device=self.cfg.device, threads=self.cfg.intra_op_threads
-                )
+                manifest, session = _session.load(self.repo, self.name, version, self.cfg)
             except UserError as exc:
                 log.warning("model %s version %s cannot be served: %s", self.name, version, exc)
                 failed[version] = (stamp, str(exc))
@@ -134,21 +132,22 @@ class ModelRuntime:
         return retired
 
     def _make(self, version: str, manifest: Manifest, session: Any, stamp: tuple) -> Loaded:
-        can_merge = batchable(manifest.inputs, manifest.outputs) and self.cfg.max_batch_size > 1
+        can_merge = _session.merges(self.cfg, manifest)
+        buckets = self.cfg.buckets if can_merge else ()  # the sizes _session.load warmed
 
         def run(feeds):
             return dict(zip(output_names, session.run(output_names, feeds), strict=True))
 
-        def on_batch(rows: int, requests: int, seconds: float) -> None:
-            self.stats.batch(rows)
+        def on_batch(rows: int, requests: int, seconds: float, padded: int) -> None:
+            self.stats.batch(rows, padded)
             self.observer.batch(version, rows, requests)
 
         output_names = [o.name for o in manifest.outputs]
         batcher = Batcher(
             run, max_rows=self.cfg.max_batch_size, wait_s=self.cfg.batch_wait_timeout_s,
-            max_queue=self.cfg.max_queue, can_merge=can_merge, on_batch=on_batch,
+            max_queue=self.cfg.max_queue, can_merge=can_merge, on_batch=on_batch, buckets=buckets,
         )
-        return Loaded(version, manifest, batcher, can_merge, stamp, list(session.get_providers()))
+        return Loaded(version, manifest, batcher, can_merge, stamp, list(session.get_providers()), buckets)
 
     def load_initial(self) -> None:
         """Blocking first load (replica start); raises UserError when no version of the model loads."""
@@ -239,6 +238,10 @@ class ModelRuntime:
             "device": self.cfg.device,
             "providers": self.versions[self.default].providers if self.default in self.versions else [],
             "stats": self.autoscaling_stats(),
+            "batching": {
+                "buckets": list(self.versions[self.default].buckets) if self.default in self.versions else [],
+                **self.stats.padding(),
+            },
         }
 
     def autoscaling_stats(self) -> dict[str, float]:

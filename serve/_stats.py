@@ -1,4 +1,5 @@
-"""Per-replica rolling statistics for the autoscaler: arrival rate, latency percentiles, batch sizes.
+"""Per-replica rolling statistics for the autoscaler: arrival rate, latency percentiles, batch sizes;
+and for the status page, the padding cost of shape-stable batching.
 
 Pure (an injectable clock), so the windowing is unit-tested without sleeping. The keys of
 `snapshot()` are the names autoscale/ reads (autoscale/metrics.py), so producer and consumer agree.
@@ -21,7 +22,7 @@ class RollingStats:
         self._clock = clock
         self._arrivals: deque[float] = deque()
         self._latencies: deque[tuple[float, float]] = deque()  # (time, ms)
-        self._batches: deque[tuple[float, int]] = deque()  # (time, rows)
+        self._batches: deque[tuple[float, int, int]] = deque()  # (time, rows, padding rows)
 
     def arrival(self) -> None:
         self._arrivals.append(self._clock())
@@ -29,8 +30,9 @@ class RollingStats:
     def latency(self, ms: float) -> None:
         self._latencies.append((self._clock(), ms))
 
-    def batch(self, rows: int) -> None:
-        self._batches.append((self._clock(), rows))
+    def batch(self, rows: int, padded: int = 0) -> None:
+        """One model call: `rows` from requests, `padded` rows added to reach a bucket size."""
+        self._batches.append((self._clock(), rows, padded))
 
     def _prune(self) -> float:
         now = self._clock()
@@ -54,5 +56,15 @@ class RollingStats:
             m.LATENCY_P50_MS: p50,
             m.LATENCY_P95_MS: p95,
             m.LATENCY_P99_MS: p99,
-            m.BATCH_SIZE_MEAN: float(np.mean([r for _, r in self._batches])) if self._batches else 0.0,
+            m.BATCH_SIZE_MEAN: float(np.mean([r for _, r, _ in self._batches])) if self._batches else 0.0,
         }
+
+    def padding(self) -> dict[str, float]:
+        """Rows the model computed in the window, how many were padding, and their share (the padding cost).
+        Kept out of `snapshot`: its keys are exactly the autoscaler's metrics."""
+        self._prune()
+        rows = sum(r for _, r, _ in self._batches)
+        padded = sum(p for _, _, p in self._batches)
+        computed = rows + padded
+        return {"computed_rows": float(computed), "padded_rows": float(padded),
+                "padding_fraction": padded / computed if computed else 0.0}

@@ -9,6 +9,7 @@
     models:
       mlp: {version: "2", max_batch_size: 64}       # pin a version
       cnn: {device: cuda, gpus: 0.5}                # a GPU replica (half a GPU)
+      big: {device: cuda, gpus: 1, tensorrt: true, batch_buckets: [1, 8, 32], gpu_mem_limit: 8589934592}
     max_body_bytes: 8388608   # larger request bodies get 413
     auth_token_env: OPTISERVE_TOKEN                 # or auth_token_file: /path/to/token
     poll_interval_s: 5        # how often replicas look for new versions in the repository
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from optiserve.config import read_mapping
 from optiserve.errors import UserError
 from optiserve.repository import check_name, check_version
+from serve._batching import power_of_two_buckets
 
 
 class ModelConfig(BaseModel):
@@ -45,11 +48,36 @@ class ModelConfig(BaseModel):
     device: Literal["cpu", "cuda"] = "cpu"
     version: str | None = None  # pin: serve exactly this version (no automatic roll-out)
     max_versions: int = Field(2, ge=1, le=64)  # newest loadable versions kept loaded for named requests
+    # Shape-stable batching: merged batches padded up to one of these sizes (serve/_batching.py). "auto":
+    # 1, 2, 4, ... up to max_batch_size on cuda (each new shape costs a cuDNN algorithm search there), off on
+    # cpu (CPU onnxruntime has no per-shape cost, padding would only waste compute). A list must be strictly
+    # increasing and end at max_batch_size; a single request above it runs at its own size.
+    batch_buckets: Literal["auto", "off"] | tuple[int, ...] = "auto"
+    # onnxruntime CUDAExecutionProvider options (device: cuda only). HEURISTIC, not onnxruntime's EXHAUSTIVE:
+    # measured on an H100, a new batch size cost ~240 ms with EXHAUSTIVE and ~56 ms with HEURISTIC.
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = "HEURISTIC"
+    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kNextPowerOfTwo"
+    gpu_mem_limit: int | None = Field(None, ge=1 << 20)  # bytes per loaded version's GPU arena; None: no limit
+    device_id: int = Field(0, ge=0, le=63)  # among the GPUs Ray gave the replica (it numbers them from 0)
+    # TensorrtExecutionProvider first (CUDA behind it), engines cached on disk: in tensorrt_cache/<model>/<version>,
+    # default <repository>/<model>/.trt-cache/<version>. Falls back to CUDA (one log line) when TensorRT fails.
+    tensorrt: bool = False
+    tensorrt_cache: Path | None = None
 
     @field_validator("version")
     @classmethod
     def _version(cls, v: str | None) -> str | None:
         return None if v is None else _checked(check_version, v)
+
+    @field_validator("batch_buckets", mode="before")
+    @classmethod
+    def _bucket_kind(cls, v: Any) -> Any:
+        if v is False:  # YAML reads an unquoted `off` as false
+            return "off"
+        sizes = isinstance(v, list | tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        if not (sizes or v in ("auto", "off")):
+            raise ValueError(f'batch_buckets is "auto", "off" or a list of batch sizes such as [1, 8, 32]; got {v!r}')
+        return v
 
     @model_validator(mode="after")
     def _device(self) -> ModelConfig:
@@ -57,7 +85,33 @@ class ModelConfig(BaseModel):
             raise ValueError("device cuda needs gpus > 0 (a fraction such as 0.5 shares a GPU)")
         if self.device == "cpu" and self.gpus > 0:
             raise ValueError("gpus > 0 needs device: cuda")
+        if self.tensorrt and self.device != "cuda":
+            raise ValueError("tensorrt: true needs device: cuda (TensorRT runs on NVIDIA GPUs)")
+        visible = max(1, math.ceil(self.gpus))
+        if self.device == "cuda" and self.device_id >= visible:
+            raise ValueError(f"device_id {self.device_id} is not one of the replica's GPUs: Ray shows a replica "
+                             f"only the {visible} GPU(s) it reserved (gpus: {self.gpus:g}), numbered from 0")
         return self
+
+    @model_validator(mode="after")
+    def _buckets(self) -> ModelConfig:
+        b = self.batch_buckets
+        if isinstance(b, tuple) and (
+            not b or b[0] < 1 or any(x >= y for x, y in zip(b, b[1:], strict=False)) or b[-1] != self.max_batch_size
+        ):
+            raise ValueError(f"batch_buckets must be strictly increasing positive row counts ending at "
+                             f"max_batch_size ({self.max_batch_size}), e.g. [1, 4, 16, {self.max_batch_size}]; "
+                             f"got {list(b)}")
+        return self
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """The batch sizes merged batches are padded to; empty: no padding."""
+        if isinstance(self.batch_buckets, tuple):
+            return self.batch_buckets
+        if self.batch_buckets == "auto" and self.device == "cuda":
+            return power_of_two_buckets(self.max_batch_size)
+        return ()
 
     @property
     def intra_op_threads(self) -> int:

@@ -126,3 +126,29 @@ def test_autoscaling_stats_use_the_shared_metric_names(repo):
                                                    "data": x.ravel().tolist()}])))
     stats = rt.autoscaling_stats()
     assert set(stats) == set(m.ALL) and stats[m.BATCH_SIZE_MEAN] == 3.0 and stats[m.LATENCY_P50_MS] > 0
+
+
+def test_buckets_pad_batches_answers_stay_exact_and_status_shows_the_padding_cost(repo, helpers):
+    rt = ModelRuntime(repo, "mlp", ModelConfig(version="1", max_batch_size=8, batch_buckets=[1, 4, 8]))
+    rt.load_initial()
+    runs = []
+    session_run = rt.versions["1"].batcher._run
+
+    def recording(feeds):
+        runs.append(feeds["input"].shape[0])
+        return session_run(feeds)
+
+    rt.versions["1"].batcher._run = recording
+    x = helpers.rows(3)
+    out = asyncio.run(rt.infer(request(x)))
+    assert runs == [4] and out.outputs[0].shape == [3, 10]
+    np.testing.assert_allclose(np.array(out.outputs[0].data).reshape(3, 10), reference(repo, "mlp", "1", x),
+                               rtol=1e-5, atol=1e-6)
+    status = rt.status()
+    assert status["batching"] == {"buckets": [1, 4, 8], "computed_rows": 4.0, "padded_rows": 1.0,
+                                  "padding_fraction": 0.25}
+    cpu = ModelRuntime(repo, "mlp", ModelConfig(version="1"))  # cpu default: no buckets
+    cpu.load_initial()
+    asyncio.run(cpu.infer(request(x)))
+    assert cpu.status()["batching"] == {"buckets": [], "computed_rows": 3.0, "padded_rows": 0.0,
+                                        "padding_fraction": 0.0}
