@@ -43,11 +43,30 @@ def session(path: Path, threads: int = 1, providers: list[str] | None = None):
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
+def copy_onnx(src: Path, out: Path) -> None:
+    """A self-contained copy of an ONNX file: weights kept in external data files (as exporters write them for
+    large models, and as some quantizers write every model) are brought inline, because every later step
+    (pre-processing, quantizers, the model repository) handles one file. Protobuf caps one file at 2 GB."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(src), load_external_data=False)
+    if not any(uses_external_data(t) for t in model.graph.initializer):
+        shutil.copyfile(src, out)
+        return
+    onnx.load_external_data_for_model(model, str(Path(src).parent))
+    try:
+        onnx.save(model, str(out))
+    except ValueError as exc:  # onnx refuses to serialize a proto over 2 GB
+        raise UserError(f"{src} keeps over 2 GB of weights in external data files; optiserve handles ONNX models up "
+                        f"to 2 GB in one file ({exc})") from None
+
+
 def export_onnx(source: SourceModel, specs: list[InputSpec], verify_on: Dataset, out: Path) -> ExportResult:
     """Export (or copy, for ONNX input) to `out`, then check onnxruntime against PyTorch on `verify_on`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if source.kind == "onnx":
-        shutil.copyfile(source.path, out)
+        copy_onnx(source.path, out)
         s = session(out)
         return ExportResult(out, [i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()], 0.0, 0.0, 0)
 

@@ -26,3 +26,18 @@ def test_disagreement_is_an_error_not_a_warning(examples_dir, tmp_path):
     source.run_torch = lambda feed: honest(feed) + 0.5  # PyTorch and ONNX now disagree
     with pytest.raises(UserError, match="disagrees with PyTorch"):
         export_onnx(source, SPEC, _eval(examples_dir), tmp_path / "m.onnx")
+
+
+def test_onnx_with_external_data_is_copied_as_one_self_contained_file(examples_dir, tmp_path):
+    exported = export_onnx(load_model(examples_dir / "mlp/model.pt"), SPEC, _eval(examples_dir), tmp_path / "m.onnx")
+    src = tmp_path / "src"
+    src.mkdir()
+    onnx.save(onnx.load(str(exported.path)), str(src / "ext.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=1024)
+    assert (src / "ext.onnx").stat().st_size < 10_000  # the weights are in ext.onnx.data
+
+    copied = export_onnx(load_model(src / "ext.onnx"), SPEC, _eval(examples_dir), tmp_path / "out" / "copy.onnx")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["copy.onnx"]
+    model = onnx.load(str(copied.path), load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert copied.input_names == exported.input_names
