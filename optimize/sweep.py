@@ -106,7 +106,7 @@ def sweep(model_path: Path, out: Path, config: SweepConfig = SweepConfig(), *, c
     if any(r > 0 for r in config.prune_ratios):
         from optimize._prune_graph import prunable_module
 
-        prunable_module(source)  # refuse unprunable inputs (TorchScript, ONNX) before any work
+        prunable_module(source)  # refuse a graph that cannot be pruned (it names the operator) before any work
     inputs = resolve_inputs(source, config, calibration_path, eval_path)
     points = grid(config)
     notes = list(inputs.notes)
