@@ -12,22 +12,6 @@ from optimize.export import session
 from optiserve.errors import UserError
 
 
-class ResidualBN(nn.Module):
-    """Conv + BatchNorm blocks joined by a residual add, global average pool, Linear head."""
-
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                   nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width))
-        self.head = nn.Linear(width, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.stem(x)
-        y = torch.relu(y + self.block(y))
-        return self.head(y.mean((2, 3)))
-
-
 def _random_statistics(model: nn.Module) -> nn.Module:
     """BatchNorm with non-trivial statistics, so a wrong eps/mean/var mapping shows in the outputs."""
     torch.manual_seed(0)
@@ -71,8 +55,8 @@ def test_mlp_gemms_become_named_linears_and_match_onnxruntime(tmp_path):
 
 
 @pytest.mark.parametrize("dynamo,folding", [(False, True), (False, False), (True, True)])
-def test_residual_cnn_with_batchnorm_matches_onnxruntime(tmp_path, dynamo, folding):
-    model = _random_statistics(ResidualBN())
+def test_residual_cnn_with_batchnorm_matches_onnxruntime(tmp_path, dynamo, folding, residual_cnn):
+    model = _random_statistics(residual_cnn())
     kwargs = {} if dynamo else {"do_constant_folding": folding}
     path = export(model, torch.rand(2, 1, 8, 8), tmp_path / "res.onnx", dynamo, **kwargs)
     module = onnx_to_torch(path)

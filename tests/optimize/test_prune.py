@@ -100,30 +100,14 @@ def test_cnn_taylor_pruning_rounds_channels(examples_dir, tmp_path):
     assert report.variant("pruned").size_ratio < 0.5
 
 
-class _Residual(nn.Module):
-    """Two conv blocks joined by a residual add: the add couples the stem's and the block's output channels."""
-
-    def __init__(self, width: int = 32) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                   nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width))
-        self.head = nn.Linear(width, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.stem(x)
-        y = torch.relu(y + self.block(y))
-        return self.head(y.mean((2, 3)))
-
-
-def test_residual_block_prunes_coupled_channels_and_recovers(digits_train, tmp_path):
+def test_residual_block_prunes_coupled_channels_and_recovers(digits_train, tmp_path, residual_cnn):
     from optimize.examples import train
 
     x_tr, y_tr, x_ev, y_ev = digits_split()
     x_tr, x_ev = x_tr.reshape(-1, 1, 8, 8), x_ev.reshape(-1, 1, 8, 8)
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model = train(_Residual(), x_tr, y_tr, epochs=6)
+    model = train(residual_cnn(32), x_tr, y_tr, epochs=6)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model, (torch.from_numpy(x_ev[:4]),), dynamic_shapes=({0: batch},))
     torch.export.save(program, tmp_path / "res.pt2")

@@ -19,20 +19,6 @@ from optiserve.errors import UserError
 FAST = ["--repeats", "5"]
 
 
-class _ResidualBN(nn.Module):
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                   nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width))
-        self.head = nn.Linear(width, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.stem(x)
-        y = torch.relu(y + self.block(y))
-        return self.head(y.mean((2, 3)))
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     x_tr, y_tr, x_ev, y_ev = digits_split()
@@ -81,11 +67,11 @@ def test_cli_prunes_an_onnx_mlp(digits, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "taylor"])
-def test_residual_cnn_with_batchnorm_prunes_coupled_channels(digits, tmp_path, criterion):
+def test_residual_cnn_with_batchnorm_prunes_coupled_channels(digits, tmp_path, criterion, residual_cnn):
     x_tr, y_tr = digits["train"]
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model = train(_ResidualBN(), x_tr.reshape(-1, 1, 8, 8), y_tr, epochs=2)
+    model = train(residual_cnn(), x_tr.reshape(-1, 1, 8, 8), y_tr, epochs=2)
     path = _export(model, torch.zeros(1, 1, 8, 8), tmp_path / "res.onnx", do_constant_folding=False)
     assert "BatchNormalization" in {n.op_type for n in onnx.load(str(path)).graph.node}
     extra = ["--criterion", "taylor", "--calibration-data", str(digits["calib"])] if criterion == "taylor" else []
