@@ -49,9 +49,13 @@ log = logging.getLogger("optiserve.serve")
 pb = _grpc.pb
 Result = tuple[int, Any, float | None]  # a model replica's (HTTP-style status, payload or message, retry-after s)
 MAX_GROUP = 64  # requests per coalesced handle call
-MAX_GROUP_BYTES = 16 << 20  # and their bytes (a single larger request still goes, alone)
-SLOTS_PER_REPLICA = 2  # handle calls in flight per running replica: one answering while the next is queued
-REPLICAS_TTL_S = 2.0  # how long a model's running-replica count is trusted
+# With RAY_SERVE_THROUGHPUT_OPTIMIZED (the haproxy ingress) Serve's handles reach replicas over gRPC, whose
+# messages are capped (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH, 4 MiB by default). A group stays under
+# MAX_GROUP_BYTES; a larger single request, or a group whose answers outgrew the cap, goes by reference (a Ray
+# actor call, no such cap).
+MAX_GROUP_BYTES = 2 << 20
+SLOTS_PER_REPLICA = 2  # handle calls in flight per running replica (measured: 1 serializes, 4 forms small groups)
+REPLICAS_TTL_S = 5.0  # how long a model's running-replica count is trusted (Serve's status costs the router CPU)
 
 
 class Abort(Exception):
@@ -149,6 +153,7 @@ class GrpcRouter:
         self.models = set(models)
         self.token_sha256 = token_sha256
         self._handles: dict[str, Any] = {}
+        self._methods: dict[tuple[str, str, bool], Any] = {}  # handle.options() costs: made once
         self._coalescers: dict[str, Coalescer] = {}
         self._replicas: dict[str, tuple[float, int]] = {}  # model -> (checked at, running replicas)
         self._replicas_task: asyncio.Task | None = None
@@ -237,8 +242,18 @@ class GrpcRouter:
         coalescer = self._coalescers.get(model)
         if coalescer is None:
             coalescer = self._coalescers[model] = Coalescer(
-                lambda raws: self._call(model, "grpc_infer_many", raws), lambda: self._slots(model))
+                lambda raws: self._infer_group(model, raws), lambda: self._slots(model))
         return _answer(await coalescer.submit(raw))
+
+    async def _infer_group(self, model: str, raws: list[bytes]) -> list[Result]:
+        by_reference = sum(map(len, raws)) > MAX_GROUP_BYTES
+        try:
+            return await self._call(model, "grpc_infer_many", raws, by_reference=by_reference)
+        except grpc.aio.AioRpcError as exc:  # Serve's gRPC transport: only UNAVAILABLE is mapped by Serve
+            if by_reference or exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+        # the answers outgrew the transport's message cap: the same group again (inference has no side effects)
+        return await self._call(model, "grpc_infer_many", raws, by_reference=True)
 
     def _slots(self, model: str) -> int:
         """Group calls allowed in flight for a model: SLOTS_PER_REPLICA per running replica (a stale count is
@@ -271,10 +286,14 @@ class GrpcRouter:
             handle = self._handles[model] = rs.get_deployment_handle(MODEL_DEPLOYMENT, app_name=model_app_name(model))
         return handle
 
-    async def _call(self, model: str, method: str, *args) -> Any:
-        handle = self._handle(model)
+    async def _call(self, model: str, method: str, *args, by_reference: bool = False) -> Any:
+        key = (model, method, by_reference)
+        call = self._methods.get(key)
+        if call is None:
+            call = getattr(self._handle(model), method)
+            call = self._methods[key] = call.options(_by_reference=True) if by_reference else call
         try:
-            return await getattr(handle, method).remote(*args)
+            return await call.remote(*args)
         except BackPressureError as exc:  # Serve's bounded handle queue is full
             raise Abort(grpc.StatusCode.UNAVAILABLE, f"model {model} is overloaded: {exc}", 1.0) from None
         except (DeploymentUnavailableError, RayActorError) as exc:

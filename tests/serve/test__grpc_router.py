@@ -10,7 +10,7 @@ pytest.importorskip("tritonclient.grpc")
 
 from optiserve.errors import UserError  # noqa: E402
 from serve._deploy import serve_config, start_app  # noqa: E402
-from serve._grpc_router import GRPC_APP, Abort, Coalescer, _answer, grpc_app  # noqa: E402
+from serve._grpc_router import GRPC_APP, MAX_GROUP_BYTES, Abort, Coalescer, GrpcRouter, _answer, grpc_app  # noqa: E402
 from serve.cli import main  # noqa: E402
 from serve.config import ServeConfig  # noqa: E402
 
@@ -163,3 +163,30 @@ def test_coalescer_refuses_a_group_answer_of_the_wrong_length():
                 await call
 
     asyncio.run(scenario())
+
+
+def test_a_large_group_or_one_whose_answers_outgrew_serves_grpc_transport_goes_by_reference():
+    class Bare(GrpcRouter.func_or_class):
+        def __del__(self) -> None:  # no server was started
+            pass
+
+    router = object.__new__(Bare)  # its methods alone: no port, no Ray
+    sent = []
+
+    async def call(model, method, raws, by_reference=False):
+        sent.append((len(raws), by_reference))
+        if not by_reference and raws[0] == b"huge answer":
+            raise grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       "Received message larger than max")
+        if not by_reference and raws[0] == b"down":
+            raise grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata())
+        return [(200, b"ok", None)] * len(raws)
+
+    router._call = call
+    small, big = [b"x" * 100] * 3, [b"x" * (MAX_GROUP_BYTES + 1)]
+    assert asyncio.run(router._infer_group("m", small)) == [(200, b"ok", None)] * 3
+    assert asyncio.run(router._infer_group("m", big)) == [(200, b"ok", None)]
+    assert asyncio.run(router._infer_group("m", [b"huge answer"])) == [(200, b"ok", None)]
+    assert sent == [(3, False), (1, True), (1, False), (1, True)]
+    with pytest.raises(grpc.aio.AioRpcError):  # any other transport failure is not retried
+        asyncio.run(router._infer_group("m", [b"down"]))
