@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +153,39 @@ def fuzz_cases(doc: dict, n: int, seed: int, models: dict[str, tuple[int, ...]])
         yield method, url, body
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(repo: Path, config_path: Path, env: dict[str, str], *, num_cpus: int = 8, ray_init: dict | None = None,
+                **start) -> Iterator:
+    """optiserve's app on a local Ray head started from this process's environment plus `env` (Ray Serve reads its
+    front end from the head's environment); the app, Ray and the environment are put back afterwards."""
+    import ray
+
+    import serve
+
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1", **(ray_init or {}))
+    try:
+        yield serve.start_app(repo, port=free_port(), config_path=config_path, **start)
+    finally:
+        try:
+            serve.stop_app()
+        finally:
+            ray.shutdown()
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
 class Helpers:
     """Test helpers as a fixture (pytest's importlib mode makes conftest itself unimportable)."""
 
@@ -160,6 +197,8 @@ class Helpers:
     small_model = staticmethod(small_model)
     fuzz_cases = staticmethod(fuzz_cases)
     valid_body = staticmethod(valid_body)
+    free_port = staticmethod(free_port)
+    running_app = staticmethod(running_app)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import socket
 import threading
 import time
 
@@ -30,17 +29,9 @@ poll_interval_s: 0.5
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, helpers):
-    import ray
 
-    import serve
 
     root = tmp_path_factory.mktemp("live")
     repo = root / "models"
@@ -49,26 +40,12 @@ def server(tmp_path_factory, helpers):
     helpers.publish(repo, "cnn", "cnn", seed=3, tmp=root)
     helpers.publish(repo, "tiny", "mlp", seed=4, tmp=root)
     (root / "serve.yaml").write_text(CONFIG)
-    old = {k: os.environ.get(k) for k in ("MS_TEST_TOKEN", "OPTISERVE_STATE_DIR")}
-    os.environ.update(MS_TEST_TOKEN=TOKEN, OPTISERVE_STATE_DIR=str(root / "state"))
-    metrics_port = free_port()
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1", _metrics_export_port=metrics_port)
-    try:
-        info = serve.start_app(repo, port=free_port(), config_path=root / "serve.yaml")
+    metrics_port = helpers.free_port()
+    env = {"MS_TEST_TOKEN": TOKEN, "OPTISERVE_STATE_DIR": str(root / "state")}
+    with helpers.running_app(repo, root / "serve.yaml", env, ray_init={"_metrics_export_port": metrics_port}) as info:
         client = httpx.Client(base_url=f"http://127.0.0.1:{info.port}", headers=AUTH, timeout=60)
         yield {"info": info, "repo": repo, "root": root, "client": client, "metrics_port": metrics_port}
         client.close()
-    finally:
-        try:
-            serve.stop_app()
-        finally:
-            ray.shutdown()
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def body(x: np.ndarray) -> dict:

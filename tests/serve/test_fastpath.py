@@ -3,8 +3,6 @@ traffic without a failed request. Never asserts on speed (bench_serve.py measure
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 
@@ -22,21 +20,13 @@ auth_token_env: MS_FAST_TOKEN
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def body(x: np.ndarray) -> dict:
     return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
 
 
 @pytest.fixture(scope="module")
 def fast(tmp_path_factory, helpers):
-    import ray
 
-    import serve
     from serve import _ingress
 
     root = tmp_path_factory.mktemp("fast")
@@ -44,26 +34,12 @@ def fast(tmp_path_factory, helpers):
     helpers.publish(repo, "mlp", "mlp", seed=1, tmp=root)
     helpers.publish(repo, "cnn", "cnn", seed=3, tmp=root)
     (root / "serve.yaml").write_text(CONFIG)
-    env = _ingress.cluster_env("haproxy", str(root), free_port)
+    env = _ingress.cluster_env("haproxy", str(root), helpers.free_port)
     env.update(MS_FAST_TOKEN=TOKEN, OPTISERVE_STATE_DIR=str(root / "state"))
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # ray.init(address="local") starts the head from this process's environment
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    try:
-        info = serve.start_app(repo, port=free_port(), config_path=root / "serve.yaml")
+    with helpers.running_app(repo, root / "serve.yaml", env) as info:
         client = httpx.Client(base_url=f"http://127.0.0.1:{info.port}", headers=AUTH, timeout=60)
         yield {"info": info, "repo": repo, "client": client}
         client.close()
-    finally:
-        try:
-            serve.stop_app()
-        finally:
-            ray.shutdown()
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def test_haproxy_front_end_serves_every_model_on_one_port(fast):

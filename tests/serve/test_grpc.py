@@ -6,8 +6,6 @@ overload as UNAVAILABLE, and HTTP still answering beside it. One Ray and one app
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
-import socket
 import threading
 import time
 
@@ -35,12 +33,6 @@ max_body_bytes: 65536
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def publish_ints(repo, tmp) -> str:
     """Model `ints`: INT64 ids -> ids + ids."""
     from onnx import TensorProto, helper, save
@@ -59,9 +51,7 @@ def publish_ints(repo, tmp) -> str:
 @pytest.fixture(scope="module", params=["haproxy", "proxy"])
 def live(request, tmp_path_factory, helpers):
     """The same app behind either HTTP front end (serve/_ingress.py): gRPC must not depend on which one runs."""
-    import ray
 
-    import serve
     from serve import _ingress
 
     root = tmp_path_factory.mktemp("grpc")
@@ -72,27 +62,13 @@ def live(request, tmp_path_factory, helpers):
     helpers.publish_mixed(repo, root)
     publish_ints(repo, root)
     (root / "serve.yaml").write_text(f"ingress: {request.param}\n" + CONFIG)
-    env = _ingress.cluster_env(request.param, str(root), free_port)
+    env = _ingress.cluster_env(request.param, str(root), helpers.free_port)
     env.update(MS_GRPC_TOKEN=TOKEN, OPTISERVE_STATE_DIR=str(root / "state"))
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # ray.init(address="local") starts the head from this process's environment
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    try:
-        info = serve.start_app(repo, port=free_port(), grpc_port=free_port(), config_path=root / "serve.yaml")
+    with helpers.running_app(repo, root / "serve.yaml", env, num_cpus=4, grpc_port=helpers.free_port()) as info:
         assert info.ingress == request.param
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{info.grpc_port}")
         yield {"info": info, "repo": repo, "client": client}
         client.close()
-    finally:
-        try:
-            serve.stop_app()
-        finally:
-            ray.shutdown()
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def reference(repo, name, version, feeds):
