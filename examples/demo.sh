@@ -35,9 +35,9 @@ $BIN/loadtest capacity --repository "$OUT/repository" --model digits-mlp --slo-p
   --peak-rps 200 --step 5s --downscale-delay-s 10 --samples "$OUT/models/mlp/eval.npz" --out "$OUT/capacity"
 
 echo "== 5. serve it with the slo autoscaling policy configured from the capacity plan"
-PORT=$($BIN/python -c 'from optiserve.ray_cluster import free_port; print(free_port())')
+read -r PORT GRPC_PORT <<< "$($BIN/python -c 'from optiserve.ray_cluster import free_ports; print(*free_ports(2))')"
 trap '$BIN/modelserve stop >/dev/null 2>&1 || true' EXIT  # leave no server or Ray process behind
-$BIN/modelserve start --repository "$OUT/repository" --port "$PORT" --autoscaling-policy slo \
+$BIN/modelserve start --repository "$OUT/repository" --port "$PORT" --grpc-port "$GRPC_PORT" --autoscaling-policy slo \
   --autoscaling-config "$OUT/capacity/autoscaling.yaml" --min-replicas 1 --max-replicas 3
 
 # A peak of 0.9x one replica's capacity: the policy (25% headroom) wants a second replica, then drops it.
