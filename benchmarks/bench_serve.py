@@ -293,6 +293,7 @@ def run_h2load(url: str, body: Path, connections: int, duration_s: float, log: P
     """gRPC load from h2load (nghttp2's C HTTP/2 load generator): one stream per connection at a time, like wrk.
 
     p50/p99 come from its per-request log; a stream that did not end in HTTP 200 counts as failed."""
+    log.unlink(missing_ok=True)  # h2load appends to its log file
     cmd = ["h2load", f"-t{min(threads, connections)}", f"-c{connections}", "-m1", f"-D{duration_s:g}",
            f"--log-file={log}", "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers", url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration_s + 60).stdout
