@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def compare_peers(name: str, run_dir: Path, data_dir: Path, peers_python: str, o
     peers_dir = out / f"{name}-peers"
     peers_dir.mkdir(parents=True, exist_ok=True)
     script = Path(__file__).resolve().with_name("_peer_quantizers.py")
-    subprocess.run([peers_python, str(script), str(fp32.resolve()), str((data_dir / "calibration.npz").resolve()),
+    subprocess.run([os.path.abspath(peers_python),  # abspath, not resolve: keep the venv's own link
+                    str(script), str(fp32.resolve()), str((data_dir / "calibration.npz").resolve()),
                     str(peers_dir.resolve())], check=True, capture_output=True, timeout=1800,
                    cwd=peers_dir)  # Olive writes its cache into the working directory
     built = json.loads((peers_dir / "peers.json").read_text())
