@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -433,6 +434,9 @@ def main() -> None:
     load = Load(args.out)
     levels = [int(c) for c in args.connections.split(",")]
     protocols = args.protocols.split(",")
+    if "grpc" in protocols and not shutil.which("h2load"):
+        print("gRPC skipped: no h2load (Debian: apt-get install nghttp2-client)", flush=True)
+        protocols.remove("grpc")
     wanted = args.only.split(",") if args.only else list(NAMES)
     if "triton" in wanted and not args.triton_python:
         print("Triton skipped: no --triton-python (install nvidia-pytriton in its own venv)", flush=True)
