@@ -88,8 +88,9 @@ def _add_batch(sub) -> None:
         "  modelserve batch --repository build/repo --model mlp --version 2 --input a.parquet b.csv \\\n"
         "      --output build/scores --key-columns id --max-actors 4 --threads-per-actor 2 --nan zero\n"
         "  modelserve batch ... --address ray://head:10001 --gpus-per-actor 1 --batch-size 4096\n"
-        "Inputs: .parquet, .csv/.tsv, .npz, .npy files or folders of them (read on the Ray nodes: use shared paths\n"
-        "on a cluster). Output: OUT/shards/<file>.parquet (source, row, keys, outputs, probabilities, prediction),\n"
+        "Inputs: .parquet, .csv/.tsv, .npz, .npy files or folders of them. Each file is read, scored and written\n"
+        "by one actor on a Ray node: on a cluster, inputs and --output must be on storage every node shares.\n"
+        "Output: OUT/shards/<file>.parquet (source, row, keys, outputs, probabilities, prediction),\n"
         "OUT/rejects.jsonl (rows that could not be scored, with the reason), OUT/summary.json. Rerunning the same\n"
         "command after a crash or cancel skips the shards already complete and redoes the others.\n"
     ))
@@ -104,8 +105,9 @@ def _add_batch(sub) -> None:
     batch.add_argument("--batch-size", type=int, default=1024, help="rows per model call (default 1024)")
     batch.add_argument("--min-actors", type=int, default=1, help="smallest actor pool (default 1)")
     batch.add_argument("--max-actors", type=int, help="largest actor pool (default: as many as the cluster fits)")
-    batch.add_argument("--threads-per-actor", type=int, default=1,
-                       help="onnxruntime threads = CPUs reserved per actor (default 1)")
+    batch.add_argument("--threads-per-actor", type=int,
+                       help="CPUs reserved per actor = its onnxruntime threads, at most the machine's cores "
+                            "(default: a node's CPUs, one actor per node)")
     batch.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor: run on CUDA (default 0)")
     batch.add_argument("--key-columns", default="", help="comma-separated columns copied beside the outputs")
     batch.add_argument("--feature-columns", default="", help="comma-separated feature columns, in order "

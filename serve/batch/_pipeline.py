@@ -1,42 +1,38 @@
-"""The Ray Data edge of batch inference: read the pending shards, predict on an actor pool, write in order.
+"""The Ray Data edge of batch inference: a pool of actors, each scoring whole input files into their shards.
 
-    read_parquet / read_csv / read_numpy / read_binary_files(.npz) (include_paths)
-      -> map_batches(_Predictor, compute=ActorPoolStrategy(min_size, max_size), num_cpus=threads, num_gpus=...)
-      -> iter_batches on this driver, order preserved -> one ShardWriter per input file -> commit + marker
+    from_items(pending files, one block each)
+      -> map_batches(_ShardScorer, batch_size=1, compute=ActorPoolStrategy(min, max), num_cpus=threads, num_gpus=...)
+      -> iter_rows on this driver: one completion marker per file, as each shard is committed
 
-Each actor holds one onnxruntime session, verified and warmed up once (serve._session.load). Order is preserved
-(`DataContext.execution_options.preserve_order`), so rows reach the driver file after file and in file order:
-the driver numbers them, and a shard is committed as soon as the next file's rows begin. Everything that is
-not Ray lives in the pure modules beside this one.
+Each actor holds one onnxruntime session, verified and warmed up once (serve._session.load), and scores a file
+from end to end (`_shards.score_file`): it reads it in batches, predicts, writes the shard and commits it with
+its marker. Rows never leave the process that reads them: moving every batch through the object store to an
+actor and its outputs back to the driver, which wrote the shards in order, cost 40 % of the rows/s of a plain
+onnxruntime loop on a 2-core machine (BENCHMARKS.md), and a file scored by one process needs no ordering to
+be exact. Ray Data schedules the files over the pool, sizes it between --min-actors and --max-actors, retries
+and shows progress. Everything that is not Ray lives in the pure modules beside this one.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from optiserve.errors import UserError
 from optiserve.repository import list_models, list_versions, verify
-from serve.batch._plan import (
-    InputFile,
-    discover,
-    expected_rows,
-    plan,
-    prepare,
-)
-from serve.batch._predict import PATH, Binding, binding_for, predict_batch
-from serve.batch._shards import REJECTS_FILE, ShardWriter, merge_rejects, split_runs
+from serve.batch._plan import InputFile, Marker, discover, plan, prepare
+from serve.batch._predict import Binding, binding_for
+from serve.batch._shards import REJECTS_FILE, merge_rejects, score_file, too_many_rejects
 from serve.batch.config import BatchConfig
 from serve.batch.summary import SUMMARY_FILE, BatchSummary, build
 
-READ_CPUS = 0  # see _read
-KILL_AFTER_ROWS_ENV = "OPTISERVE_BATCH_KILL_AFTER_ROWS"  # fault injection for tests: SIGKILL self after N rows
+KILL_AFTER_ROWS_ENV = "OPTISERVE_BATCH_KILL_AFTER_ROWS"  # fault injection for tests: SIGKILL the run after N rows
 
 
 def resolve_version(repository: Path, model: str, version: str | None) -> str:
@@ -53,69 +49,38 @@ def resolve_version(repository: Path, model: str, version: str | None) -> str:
     return str(version)
 
 
-class _Predictor:
-    """One map_batches actor: one verified, warmed-up onnxruntime session."""
+class _ShardScorer:
+    """One map_batches actor: one verified, warmed-up onnxruntime session; scores whole files into their shards."""
 
-    def __init__(self, repository: str, model: str, version: str, device: str, threads: int,
-                 binding: Binding) -> None:
+    def __init__(self, repository: str, model: str, version: str, device: str, threads: int, binding: Binding,
+                 out: str, model_sha256: str, batch_rows: int, max_rejects: int, kill_after_rows: int = 0,
+                 kill_pid: int = 0) -> None:
         from serve._session import load
 
+        threads = min(threads, os.cpu_count() or threads)  # Ray's logical CPUs may outnumber the machine's cores
         _, self.session = load(Path(repository), model, version, device=device, threads=threads)
-        self.binding = binding
+        self.binding, self.out, self.sha = binding, Path(out), model_sha256
+        self.batch_rows, self.max_rejects = batch_rows, max_rejects
         self.names = [o.name for o in binding.outputs]
+        self.kill_after, self.kill_pid, self.rows = kill_after_rows, kill_pid, 0
 
-    def __call__(self, batch: dict[str, np.ndarray]):
-        return predict_batch(batch, self.binding, lambda feeds: self.session.run(self.names, feeds))
+    def _run(self, feeds):
+        return self.session.run(self.names, feeds)
 
+    def _after_batch(self, rows_in_file: int) -> None:
+        if self.kill_after and self.rows + rows_in_file >= self.kill_after:  # fault injection: the run dies here
+            os.kill(self.kill_pid, signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
 
-def _decode_arrays(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """read_binary_files rows (one file per call) -> an .npz's arrays (an .npy's as `data`) as columns, + `path`."""
-    out: dict[str, list[np.ndarray]] = {}
-    for data, path in zip(batch["bytes"], batch[PATH], strict=True):
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            arrays = {"data": loaded}
-        else:
-            with loaded as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        n = {len(a) for a in arrays.values() if a.ndim}
-        if len(n) != 1:
-            raise UserError(f"{path} holds arrays with different numbers of rows ({sorted(n)}); every array of an "
-                            ".npz must have one entry per row")
-        arrays[PATH] = np.full(n.pop(), path, dtype=object)
-        for k, v in arrays.items():
-            out.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def _groups(files: list[InputFile]) -> list[list[InputFile]]:
-    """Files read by one Ray Data reader call: same format and columns (a batch may span files), input order."""
-    groups: dict[tuple, list[InputFile]] = {}
-    for f in files:
-        key = (f.format, f.delimiter, f.header, f.columns)  # one schema per read: batches never mix layouts
-        groups.setdefault(key, []).append(f)
-    return list(groups.values())
-
-
-def _read(group: list[InputFile]):
-    """One Ray Data read of same-layout files. Reading reserves no CPUs: the actors hold every CPU the pool may
-    take, and a read task that waited for one would wait for ever on a cluster the pool fills (e.g. 1 CPU)."""
-    import ray.data
-
-    paths = [f.path for f in group]
-    first = group[0]
-    free = {"num_cpus": READ_CPUS}
-    if first.format == "parquet":
-        return ray.data.read_parquet(paths, include_paths=True, **free)
-    if first.format in ("npz", "npy"):  # whole files (no streaming format); read_numpy takes no ray_remote_args
-        return ray.data.read_binary_files(paths, include_paths=True, **free).map_batches(
-            _decode_arrays, batch_size=1, batch_format="numpy", num_cpus=READ_CPUS)
-    import pyarrow.csv as pcsv
-
-    kwargs = {"parse_options": pcsv.ParseOptions(delimiter=first.delimiter)}
-    if not first.header:
-        kwargs["read_options"] = pcsv.ReadOptions(column_names=[f"f{i}" for i in range(first.ncols)])
-    return ray.data.read_csv(paths, include_paths=True, **free, **kwargs)
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        markers = []
+        for spec in batch["file"]:
+            file = InputFile(**json.loads(spec))
+            marker = score_file(file, self.out, self.sha, self.binding, self._run, self.batch_rows,
+                                self.max_rejects, self._after_batch)
+            self.rows += marker.rows
+            markers.append(marker.to_json())
+        return {"marker": np.array(markers, dtype=object)}
 
 
 def _connect(address: str | None) -> bool:
@@ -145,41 +110,50 @@ def cluster_resources() -> dict:
     import ray
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    free = ray.available_resources()
     return {"nodes": len(nodes), "cpus": sum(n.get("CPU", 0) for n in nodes),
             "gpus": sum(n.get("GPU", 0) for n in nodes),
             "max_node_cpus": max((n.get("CPU", 0) for n in nodes), default=0),
-            "max_node_gpus": max((n.get("GPU", 0) for n in nodes), default=0)}
+            "max_node_gpus": max((n.get("GPU", 0) for n in nodes), default=0),
+            "node_cpus": [n.get("CPU", 0) for n in nodes], "node_gpus": [n.get("GPU", 0) for n in nodes],
+            "free_cpus": free.get("CPU", 0), "free_gpus": free.get("GPU", 0)}
 
 
-def check_resources(config: BatchConfig, cluster: dict) -> tuple[int, int, float]:
-    """(min actors, max actors, CPUs reserved per actor); a UserError when no node can host even one. Pure.
+def check_resources(config: BatchConfig, cluster: dict) -> tuple[int, int, int]:
+    """(min actors, max actors, CPUs reserved per actor); a UserError when no node can host even one, or too few
+    are free now. Pure.
 
-    One CPU of the cluster always stays unreserved: Ray Data's file listing and read tasks need one, and a pool
-    holding every CPU would leave them waiting for ever. Actors then reserve less than their threads (sharing
-    cores with reading) where the pool would otherwise take that last CPU."""
-    if config.gpus_per_actor > 0:
+    By default an actor takes a node's CPUs (the smallest CPU node's, at most what is free): one onnxruntime
+    session using every core of a node scores faster than several single-threaded ones, which each pay their
+    own process start and memory (BENCHMARKS.md), and the files are spread over one actor per node. The pool
+    is sized from what is free when the run starts, not from the totals: CPUs held by other work (a job's own
+    entrypoint, another run) would otherwise leave it waiting for ever for actors that cannot be placed."""
+    gpus = config.gpus_per_actor
+    if gpus > 0:
         if cluster["gpus"] == 0:
-            raise UserError(f"--gpus-per-actor {config.gpus_per_actor:g} asks for GPU actors, but the Ray cluster "
-                            f"has no GPUs ({cluster['nodes']} node(s), CPUs only); drop --gpus-per-actor to run on "
-                            "CPUs, or give --address of a cluster with GPU nodes")
-        if cluster["max_node_gpus"] < config.gpus_per_actor:
-            raise UserError(f"--gpus-per-actor {config.gpus_per_actor:g} is more than any node has (at most "
+            raise UserError(f"--gpus-per-actor {gpus:g} asks for GPU actors, but the Ray cluster has no GPUs "
+                            f"({cluster['nodes']} node(s), CPUs only); drop --gpus-per-actor to run on CPUs, or "
+                            "give --address of a cluster with GPU nodes")
+        if cluster["max_node_gpus"] < gpus:
+            raise UserError(f"--gpus-per-actor {gpus:g} is more than any node has (at most "
                             f"{cluster['max_node_gpus']:g} GPU(s) per node); ask for fewer GPUs per actor")
-        fit = int(cluster["gpus"] // config.gpus_per_actor)
+    node_cpus = [c for c in cluster["node_cpus"] if c > 0]
+    if config.threads_per_actor is not None:
+        cpus = config.threads_per_actor
+        if cluster["max_node_cpus"] < cpus:
+            raise UserError(f"--threads-per-actor {cpus} reserves more CPUs than any node has (at most "
+                            f"{cluster['max_node_cpus']:g}); use fewer threads per actor")
     else:
-        if cluster["max_node_cpus"] < config.threads_per_actor:
-            raise UserError(f"--threads-per-actor {config.threads_per_actor} reserves more CPUs than any node has "
-                            f"(at most {cluster['max_node_cpus']:g}); use fewer threads per actor")
-        fit = int(cluster["cpus"] // config.threads_per_actor)
-    top = config.max_actors or max(1, fit)
-    if config.min_actors > fit:
-        raise UserError(f"--min-actors {config.min_actors} needs more than the cluster has: it can host {fit} "
-                        f"actor(s) of {config.threads_per_actor} CPU(s)"
-                        + (f" and {config.gpus_per_actor:g} GPU(s)" if config.gpus_per_actor else "")
-                        + "; lower --min-actors")
-    top = max(config.min_actors, top)
-    per_actor = min(float(config.threads_per_actor), max(0.0, cluster["cpus"] - 1) / top)
-    return config.min_actors, top, round(per_actor, 3)
+        cpus = 1 if gpus > 0 else max(1, int(min(min(node_cpus, default=1), cluster["free_cpus"])))
+    fit = min(sum(int(c // cpus) for c in node_cpus), int(cluster["free_cpus"] // cpus))
+    if gpus > 0:
+        fit = min(fit, int(cluster["free_gpus"] // gpus))
+    if fit < config.min_actors:
+        what = f"{cpus} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
+        raise UserError(f"--min-actors {config.min_actors} needs {config.min_actors} actor(s) of {what}, but the "
+                        f"cluster has room for {fit} now ({cluster['free_cpus']:g} of {cluster['cpus']:g} CPUs "
+                        f"free); lower --min-actors or --threads-per-actor, or wait for other work to finish")
+    return config.min_actors, max(config.min_actors, min(config.max_actors or fit, fit)), cpus
 
 
 def _user_error(exc: BaseException) -> UserError | None:
@@ -228,68 +202,6 @@ def seen_errors(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-class _Driver:
-    """Consumes the ordered stream of predicted rows and turns it into committed shards."""
-
-    def __init__(self, config: BatchConfig, out: Path, pending: list[InputFile], model_sha256: str,
-                 rejected_before: int, log, output_columns: tuple[str, ...] = ()) -> None:
-        self.config, self.out, self.sha, self.log = config, out, model_sha256, log
-        self.output_columns = output_columns
-        self.by_path = {f.path: f for f in pending}
-        self.done: dict[str, object] = {}
-        self.writer: ShardWriter | None = None
-        self.rejected = rejected_before
-        self.rows = 0
-        self.first_reasons: list[str] = []
-        self.kill_after = int(os.environ.get(KILL_AFTER_ROWS_ENV, "0") or 0)
-        self.total = len(pending)
-
-    def feed(self, table) -> None:
-        for source, rows in split_runs(table):
-            if self.writer is None or self.writer.file.path != source:
-                self.finish()
-                file = self.by_path.get(os.path.abspath(source))
-                if file is None or file.path in self.done:
-                    raise RuntimeError(f"rows of {source} arrived out of order; not writing a shard from them")
-                self.writer = ShardWriter(self.out, file, self.sha, self.output_columns)
-            rejected = self.writer.write(rows)
-            self.rows += rows.num_rows
-            if rejected:
-                self.rejected += rejected
-                if len(self.first_reasons) < 3:
-                    reasons = rows.column("_reject").to_pylist()
-                    self.first_reasons += [r for r in reasons if r][: 3 - len(self.first_reasons)]
-                if self.rejected > self.config.max_rejects:
-                    raise UserError(
-                        f"{self.rejected} rows were rejected, more than --max-rejects {self.config.max_rejects} "
-                        f"(first reasons: {'; '.join(self.first_reasons)}); fix the data, choose --nan, or raise "
-                        "--max-rejects (completed shards are kept: rerun to resume)")
-            if self.kill_after and self.rows >= self.kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    def finish(self, file: InputFile | None = None) -> None:
-        writer = self.writer
-        if writer is None and file is None:
-            return
-        if writer is None:
-            writer = ShardWriter(self.out, file, self.sha, self.output_columns)
-        expected = expected_rows(writer.file)
-        if expected is not None and expected != writer.rows:
-            writer.abort()
-            raise RuntimeError(f"{writer.file.path} holds {expected} rows but {writer.rows} came back; the shard "
-                               "is not marked complete")
-        marker = writer.commit()
-        self.done[writer.file.path] = marker
-        self.writer = None
-        self.log(f"batch: shard {len(self.done)}/{self.total} done: {marker.rows:,} rows, {marker.rejected} "
-                 f"rejected ({writer.file.name})")
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
-            self.writer = None
-
-
 def run_batch(config: BatchConfig, log=print) -> BatchSummary:
     """Score every input row with the model; resumable (see the package docstring). Returns the summary."""
     started = time.monotonic()
@@ -301,41 +213,36 @@ def run_batch(config: BatchConfig, log=print) -> BatchSummary:
     files = discover(config.inputs)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    the_plan = plan(files, out, manifest.sha256)
-    log(f"batch: {config.model} version {version}: {len(files)} shard(s), {len(the_plan.complete)} already "
-        f"complete, {len(the_plan.pending)} to score -> {out}")
-    markers = {f.path: m for f, m in the_plan.complete}
-    failures: list[str] = []
+    before = plan(files, out, manifest.sha256)
+    log(f"batch: {config.model} version {version}: {len(files)} shard(s), {len(before.complete)} already "
+        f"complete, {len(before.pending)} to score -> {out}")
     cluster: dict = {}
-    driver = None
     error: BaseException | None = None
-    if the_plan.pending:
-        prepare(out, the_plan.pending)
+    if before.pending:
+        prepare(out, before.pending)
         owned = _connect(config.address)
         try:
             cluster = cluster_resources()
-            min_actors, max_actors, actor_cpus = check_resources(config, cluster)
-            driver = _Driver(config, out, the_plan.pending, manifest.sha256,
-                             sum(m.rejected for m in markers.values()), log, tuple(o.name for o in binding.outputs))
-            _stream(config, binding, version, the_plan.pending, driver, min_actors, max_actors, actor_cpus)
+            pool = check_resources(config, cluster)
+            log(f"batch: {pool[1]} actor(s) at most, {pool[2]} CPU(s) each, over {cluster['nodes']} node(s)")
+            _stream(config, binding, version, manifest.sha256, before, pool, log)
         except BaseException as exc:  # noqa: BLE001 - recorded in the summary, then raised as one sentence
             error = exc
-            if driver is not None:
-                driver.abort()
         finally:
             if owned:
                 import ray
 
                 ray.shutdown()
-        if driver is not None:
-            markers.update(driver.done)
+    after = plan(files, out, manifest.sha256)  # what is committed on disk, whatever happened
+    new = [m for f, m in after.complete if f.path not in {g.path for g, _ in before.complete}]
+    failures: list[str] = []
     if error is not None:
         user = error if isinstance(error, UserError) else _user_error(error)
         failures.append(str(user) if user else _reason(error))
     summary = build(
         model=config.model, version=version, model_sha256=manifest.sha256, output=str(out), shards=len(files),
-        markers=list(markers.values()), skipped=len(the_plan.complete), written=len(driver.done) if driver else 0,
-        rows_this_run=driver.rows if driver else 0, elapsed_s=time.monotonic() - started, failures=failures,
+        markers=[m for _, m in after.complete], skipped=len(before.complete), written=len(new),
+        rows_this_run=sum(m.rows for m in new), elapsed_s=time.monotonic() - started, failures=failures,
         config={k: v for k, v in json.loads(config.to_json()).items() if k != "extra"}, cluster=cluster,
     )
     merge_rejects(out, files)
@@ -345,42 +252,50 @@ def run_batch(config: BatchConfig, log=print) -> BatchSummary:
             raise error
         if isinstance(error, UserError) or _user_error(error):
             raise UserError(failures[0]) from None
-        raise UserError(f"the batch run failed: {failures[0][:400]}; {len(markers)} of {len(files)} shard(s) "
+        raise UserError(f"the batch run failed: {failures[0][:400]}; {len(after.complete)} of {len(files)} shard(s) "
                         "are complete and kept: rerun the same command to resume") from error
     log(f"batch: {summary.line()}")
     log(f"batch: shards in {out / 'shards'}, rejects in {out / REJECTS_FILE}, summary in {out / SUMMARY_FILE}")
     return summary
 
 
-def _stream(config: BatchConfig, binding: Binding, version: str, pending: list[InputFile], driver: _Driver,
-            min_actors: int, max_actors: int, actor_cpus: float) -> None:
+def _stream(config: BatchConfig, binding: Binding, version: str, model_sha256: str, the_plan,
+            pool: tuple[int, int, int], log) -> None:
+    """Score the pending files on the actor pool; log each shard as its marker arrives; stop past --max-rejects."""
     import logging
 
     import ray.data
 
     context = ray.data.DataContext.get_current()
-    saved = (context.execution_options.preserve_order, context.enable_progress_bars)
+    saved = context.enable_progress_bars
     data_logger = logging.getLogger("ray.data")
     level = data_logger.level
     data_logger.setLevel(logging.CRITICAL)  # its logged stack traces: the failure is reported in one sentence
-    context.execution_options.preserve_order = True
     context.enable_progress_bars = config.progress
+    pending = the_plan.pending
+    rejected = sum(m.rejected for _, m in the_plan.complete)
+    reasons = [r for _, m in the_plan.complete for r in m.reasons]
     try:
-        for group in _groups(pending):
-            dataset = _read(group).map_batches(
-                _Predictor, batch_size=config.batch_size, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
-                num_cpus=actor_cpus, num_gpus=config.gpus_per_actor or None,
-                fn_constructor_kwargs={"repository": str(Path(config.repository).resolve()), "model": config.model,
-                                       "version": version, "device": config.device,
-                                       "threads": config.threads_per_actor, "binding": binding},
-            )
-            for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-                driver.feed(table)
-            driver.finish()
-            for file in group:  # files that produced no rows (empty tables) still get their (empty) shard
-                if file.path not in driver.done:
-                    driver.finish(file)
+        dataset = ray.data.from_items([{"file": json.dumps(asdict(f))} for f in pending],
+                                      override_num_blocks=len(pending)).map_batches(
+            _ShardScorer, batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1], max_tasks_in_flight_per_actor=1),
+            num_cpus=pool[2], num_gpus=config.gpus_per_actor or None,
+            fn_constructor_kwargs={
+                "repository": str(Path(config.repository).resolve()), "model": config.model, "version": version,
+                "device": config.device, "threads": config.threads_per_actor or pool[2], "binding": binding,
+                "out": str(Path(config.output).resolve()), "model_sha256": model_sha256,
+                "batch_rows": config.batch_size, "max_rejects": config.max_rejects,
+                "kill_after_rows": int(os.environ.get(KILL_AFTER_ROWS_ENV, "0") or 0), "kill_pid": os.getpid()},
+        )
+        for done, row in enumerate(dataset.iter_rows(), start=1):
+            marker = Marker(**json.loads(row["marker"]))
+            log(f"batch: shard {done}/{len(pending)} done: {marker.rows:,} rows, {marker.rejected} rejected "
+                f"({Path(marker.input).name})")
+            rejected += marker.rejected
+            reasons += marker.reasons
+            if rejected > config.max_rejects:
+                raise too_many_rejects(rejected, config.max_rejects, reasons)
     finally:
-        context.execution_options.preserve_order, context.enable_progress_bars = saved
+        context.enable_progress_bars = saved
         data_logger.setLevel(level)

@@ -53,6 +53,10 @@ class Marker:
     rows: int  # input rows = output rows + rejected
     output_rows: int
     rejected: int
+    reasons: tuple[str, ...] = ()  # the first few reject reasons, for the --max-rejects message
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reasons", tuple(self.reasons))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

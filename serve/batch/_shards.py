@@ -1,10 +1,11 @@
-"""Output shards: rows of one input file written to a temporary file and renamed into place with their rejects
-and a completion marker. Pure (pyarrow and files; no Ray).
+"""Output shards: one input file scored into a temporary file and renamed into place with its rejects and a
+completion marker. Pure (pyarrow and files; no Ray).
 
-Rows arrive in input order, in tables that may hold the tails and heads of several files (`split_runs` cuts
-them by `source`). `ShardWriter` numbers the rows of its file (`row`, 0-based), writes good rows to
-`<id>.parquet.tmp` and rejected ones to `<id>.rejects.jsonl.tmp`, and `commit()` renames both and writes the
-marker last: a shard is complete exactly when its marker exists. A crash leaves only `.tmp` files behind.
+`score_file` reads a file in batches (`_read`), predicts each (`_predict`) and hands the rows to a
+`ShardWriter`, which numbers them (`row`, 0-based, in file order), writes good rows to `<id>.parquet.tmp` and
+rejected ones to `<id>.rejects.jsonl.tmp`; `commit()` renames both and writes the marker last, so a shard is
+complete exactly when its marker exists, and a crash leaves only `.tmp` files behind. One process scores a whole
+file: its rows never travel between processes, and no other process writes its shard.
 """
 
 from __future__ import annotations
@@ -15,22 +16,42 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.batch._plan import TMP, InputFile, Marker, atomic_write_text, shard_paths
-from serve.batch._predict import REJECT, ROW, SOURCE
+from optiserve.errors import UserError
+from serve.batch._plan import TMP, InputFile, Marker, atomic_write_text, expected_rows, shard_paths
+from serve.batch._predict import REJECT, ROW, SOURCE, Binding, Run, predict_batch
+from serve.batch._read import read_batches
 
 REJECTS_FILE = "rejects.jsonl"
 OUTPUT_EXTRAS = ("probabilities", "prediction")
+REASONS_KEPT = 3
 
 
-def split_runs(table) -> list[tuple[str, object]]:
-    """[(source, rows of that source)] for consecutive runs of the same `source` value, in order."""
-    if table.num_rows == 0:
-        return []
-    sources = table.column(SOURCE).to_numpy(zero_copy_only=False)
-    cuts = np.flatnonzero(sources[1:] != sources[:-1]) + 1
-    starts = np.concatenate([[0], cuts])
-    ends = np.concatenate([cuts, [len(sources)]])
-    return [(str(sources[s]), table.slice(int(s), int(e - s))) for s, e in zip(starts, ends, strict=True)]
+def too_many_rejects(rejected: int, limit: int, reasons) -> UserError:
+    return UserError(f"{rejected} rows were rejected, more than --max-rejects {limit} (first reasons: "
+                     f"{'; '.join(list(reasons)[:REASONS_KEPT])}); fix the data, choose --nan, or raise --max-rejects "
+                     "(completed shards are kept: rerun to resume)")
+
+
+def score_file(file: InputFile, out: Path, model_sha256: str, binding: Binding, run: Run, batch_rows: int,
+               max_rejects: int, after_batch=None) -> Marker:
+    """Score every row of one file into its shard and commit it; nothing is left but `.tmp` files on failure.
+    `after_batch(rows so far)` is called after each batch (progress, fault injection in tests)."""
+    writer = ShardWriter(out, file, model_sha256, tuple(o.name for o in binding.outputs))
+    try:
+        for batch in read_batches(file, batch_rows):
+            writer.write(predict_batch(batch, binding, run))
+            if writer.rejected > max_rejects:
+                raise too_many_rejects(writer.rejected, max_rejects, writer.reasons)
+            if after_batch is not None:
+                after_batch(writer.rows)
+        expected = expected_rows(file)
+        if expected is not None and expected != writer.rows:
+            raise RuntimeError(f"{file.path} holds {expected} rows but {writer.rows} were read; the shard is not "
+                               "marked complete")
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _jsonable(value):
@@ -40,7 +61,7 @@ def _jsonable(value):
 
 
 class ShardWriter:
-    """Writes one output shard; not thread-safe (the driver owns it)."""
+    """Writes one output shard; not thread-safe (one process scores one file)."""
 
     def __init__(self, out: Path, file: InputFile, model_sha256: str, output_columns: tuple[str, ...] = ()) -> None:
         self.out, self.file, self.model_sha256 = Path(out), file, model_sha256
@@ -49,6 +70,7 @@ class ShardWriter:
         self.rows = 0
         self.output_rows = 0
         self.rejected = 0
+        self.reasons: list[str] = []
         self._writer = None
         self._rejects = None
 
@@ -80,6 +102,8 @@ class ShardWriter:
             keys = [c for c in rejected.column_names if c not in (SOURCE, ROW, REJECT, *self.output_columns)]
             for record in rejected.select([SOURCE, ROW, *keys, REJECT]).to_pylist():
                 record["reason"] = record.pop(REJECT)
+                if len(self.reasons) < REASONS_KEPT:
+                    self.reasons.append(record["reason"])
                 self._rejects.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
             self.rejected += int(bad.sum())
         return int(bad.sum())
@@ -102,7 +126,7 @@ class ShardWriter:
             self._rejects.close()
             os.replace(self._tmp("rejects"), self.paths["rejects"])
         marker = Marker(self.file.shard_id, self.file.path, self.file.size, self.file.mtime_ns, self.model_sha256,
-                        self.rows, self.output_rows, self.rejected)
+                        self.rows, self.output_rows, self.rejected, tuple(self.reasons))
         atomic_write_text(self.paths["marker"], marker.to_json())
         return marker
 

@@ -19,8 +19,8 @@ class BatchConfig:
     version: str | None = None  # None: the newest published version
     batch_size: int = 1024  # rows per model call
     min_actors: int = 1
-    max_actors: int | None = None  # None: as many as the cluster's CPUs (or GPUs) allow
-    threads_per_actor: int = 1  # onnxruntime intra-op threads = CPUs reserved per actor
+    max_actors: int | None = None  # None: as many as the cluster's free CPUs (or GPUs) allow
+    threads_per_actor: int | None = None  # CPUs reserved per actor = onnxruntime threads; None: a node's CPUs
     gpus_per_actor: float = 0.0  # > 0: actors run on CUDA and reserve this many GPUs
     key_columns: tuple[str, ...] = ()  # input columns copied beside the outputs (tables)
     feature_columns: tuple[str, ...] = ()  # tables: the feature columns, in order (default: all but keys/labels)
@@ -45,7 +45,7 @@ class BatchConfig:
             raise UserError(f"--min-actors must be at least 1, got {self.min_actors}")
         if self.max_actors is not None and self.max_actors < self.min_actors:
             raise UserError(f"--max-actors ({self.max_actors}) must be at least --min-actors ({self.min_actors})")
-        if self.threads_per_actor < 1:
+        if self.threads_per_actor is not None and self.threads_per_actor < 1:
             raise UserError(f"--threads-per-actor must be at least 1, got {self.threads_per_actor}")
         if self.gpus_per_actor < 0:
             raise UserError(f"--gpus-per-actor cannot be negative, got {self.gpus_per_actor:g}")

@@ -18,7 +18,8 @@ from optiserve.errors import UserError
 from serve.batch import BatchConfig, BatchSummary, run_batch
 from serve.batch._pipeline import KILL_AFTER_ROWS_ENV, check_resources, resolve_version
 
-CPU_ONLY = {"nodes": 2, "cpus": 3, "gpus": 0, "max_node_cpus": 2, "max_node_gpus": 0}
+CPU_ONLY = {"nodes": 2, "cpus": 3, "gpus": 0, "max_node_cpus": 2, "max_node_gpus": 0, "node_cpus": [2, 1],
+            "node_gpus": [0, 0], "free_cpus": 3, "free_gpus": 0}
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -55,13 +56,24 @@ def test_resource_checks():
                                                                                "max_node_gpus": 1})
     with pytest.raises(UserError, match="--threads-per-actor 4 reserves more CPUs than any node has"):
         check_resources(BatchConfig("r", "m", ("d",), "o", threads_per_actor=4), CPU_ONLY)
-    with pytest.raises(UserError, match="--min-actors 4 needs more"):
+    with pytest.raises(UserError, match="--min-actors 4 needs 4 actor"):
         check_resources(BatchConfig("r", "m", ("d",), "o", min_actors=4), CPU_ONLY)
-    # one CPU stays unreserved for Ray Data's reads: 3 actors share 2 CPUs, 1 actor reserves its 1 thread
-    assert check_resources(BatchConfig("r", "m", ("d",), "o"), CPU_ONLY) == (1, 3, 0.667)
-    assert check_resources(BatchConfig("r", "m", ("d",), "o", max_actors=1), CPU_ONLY) == (1, 1, 1.0)
-    one_cpu = {"nodes": 1, "cpus": 1, "gpus": 0, "max_node_cpus": 1, "max_node_gpus": 0}
-    assert check_resources(BatchConfig("r", "m", ("d",), "o"), one_cpu) == (1, 1, 0.0)
+    # by default an actor takes the smallest node's CPUs (1 here), so each node hosts actors; 1 thread: 3 actors
+    assert check_resources(BatchConfig("r", "m", ("d",), "o"), CPU_ONLY) == (1, 3, 1)
+    assert check_resources(BatchConfig("r", "m", ("d",), "o", max_actors=1), CPU_ONLY) == (1, 1, 1)
+    assert check_resources(BatchConfig("r", "m", ("d",), "o", threads_per_actor=2), CPU_ONLY) == (1, 1, 2)
+    one_node = {**CPU_ONLY, "nodes": 1, "cpus": 8, "max_node_cpus": 8, "node_cpus": [8], "free_cpus": 8}
+    assert check_resources(BatchConfig("r", "m", ("d",), "o"), one_node) == (1, 1, 8)
+    # CPUs held by other work (a job's entrypoint): sized from what is free, never waiting for the impossible
+    assert check_resources(BatchConfig("r", "m", ("d",), "o"), {**one_node, "free_cpus": 7}) == (1, 1, 7)
+    assert check_resources(BatchConfig("r", "m", ("d",), "o", threads_per_actor=2),
+                           {**one_node, "free_cpus": 5}) == (1, 2, 2)
+    with pytest.raises(UserError, match=r"room for 0 now \(1 of 8 CPUs free\)"):
+        check_resources(BatchConfig("r", "m", ("d",), "o", threads_per_actor=2), {**one_node, "free_cpus": 1})
+    head_without_cpus = {**CPU_ONLY, "node_cpus": [0, 2], "max_node_cpus": 2, "cpus": 2, "free_cpus": 2}
+    assert check_resources(BatchConfig("r", "m", ("d",), "o"), head_without_cpus) == (1, 1, 2)
+    gpu = {**one_node, "gpus": 2, "max_node_gpus": 2, "node_gpus": [2], "free_gpus": 2}
+    assert check_resources(BatchConfig("r", "m", ("d",), "o", gpus_per_actor=1), gpu) == (1, 2, 1)
 
 
 # ---- on a simulated two-node cluster
@@ -207,12 +219,13 @@ def test_killed_midway_then_resumed_exactly_once(cluster, batch_repo, tmp_path):
     expected = _data(tmp_path / "data", [".parquet", ".csv", ".parquet", ".npz", ".csv", ".parquet"], n=250)
     cmd = [sys.executable, "-m", "serve.cli", "batch", "--repository", str(repo), "--model", "lin",
            "--input", str(tmp_path / "data"), "--output", str(tmp_path / "out"), "--key-columns", "id",
-           "--batch-size", "50", "--max-actors", "2", "--address", cluster.address, "--no-progress"]
+           "--batch-size", "50", "--max-actors", "1", "--address", cluster.address, "--no-progress"]
     killed = subprocess.run(cmd, env={**os.environ, KILL_AFTER_ROWS_ENV: "600"}, cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     shards = tmp_path / "out" / "shards"
-    assert len(list(shards.glob("*.done.json"))) == 2  # 2 x 250 rows committed, the third cut midway
+    # one actor scores the files in order: 2 x 250 rows committed, the third cut midway (at 600 rows)
+    assert len(list(shards.glob("*.done.json"))) == 2
     assert list(shards.glob("*.tmp"))  # the partial shard left only temporary files
     resumed = subprocess.run([*cmd, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

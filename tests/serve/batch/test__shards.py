@@ -1,13 +1,17 @@
-"""Output shards without Ray: runs cut by source, row numbering, atomic commit with marker, rejects."""
+"""Output shards without Ray: a whole file scored into its shard (row numbering, atomic commit with marker,
+rejects and --max-rejects, nothing left on failure), and merged rejects."""
 
 import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from serve.batch._plan import InputFile, read_marker, shard_paths
-from serve.batch._shards import ShardWriter, merge_rejects, split_runs
+from optiserve.errors import UserError
+from serve.batch._plan import InputFile, describe, read_marker, shard_paths
+from serve.batch._predict import Binding, TensorIO
+from serve.batch._shards import ShardWriter, merge_rejects, score_file
 
 
 def _rows(source, ids, reasons=None):
@@ -22,10 +26,41 @@ def _file(tmp_path, name="a.csv"):
     return InputFile(str(path), "csv", 1, 1, name.replace(".", "_"))
 
 
-def test_split_runs_cuts_consecutive_sources():
-    table = pa.concat_tables([_rows("a", [1, 2]), _rows("b", [3]), _rows("c", [4, 5, 6])])
-    assert [(s, t.num_rows) for s, t in split_runs(table)] == [("a", 2), ("b", 1), ("c", 3)]
-    assert split_runs(_rows("a", [])) == []
+LINEAR = Binding(inputs=(TensorIO("input", (2,)),), outputs=(TensorIO("logits", (2,)),), key_columns=("id",))
+
+
+def _csv(tmp_path, rows):
+    path = tmp_path / "a.csv"
+    path.write_text("id,f0,f1\n" + "".join(f"{i},{a},{b}\n" for i, (a, b) in enumerate(rows)))
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    return describe(path), out
+
+
+def test_score_file_scores_every_row_once_in_order_and_commits(tmp_path):
+    file, out = _csv(tmp_path, [(1, 2), (3, "nan"), (5, 6), (7, 8), (9, 10)])
+    seen = []
+    marker = score_file(file, out, "sha", LINEAR, lambda feeds: [feeds["input"] * 2], batch_rows=2,
+                        max_rejects=1, after_batch=seen.append)
+    assert seen == [2, 4, 5]  # rows so far, after each batch of at most 2
+    assert (marker.rows, marker.output_rows, marker.rejected) == (5, 4, 1) and "NaN" in marker.reasons[0]
+    assert read_marker(out, file.shard_id) == marker
+    table = pq.read_table(shard_paths(out, file.shard_id)["data"])
+    assert table.column("row").to_pylist() == [0, 2, 3, 4] and table.column("id").to_pylist() == [0, 2, 3, 4]
+    assert table.column("logits").to_pylist()[1] == [10, 12]
+
+
+def test_score_file_past_max_rejects_or_failing_leaves_only_nothing(tmp_path):
+    file, out = _csv(tmp_path, [(1, "nan"), (3, "nan"), (5, 6)])
+    with pytest.raises(UserError, match=r"2 rows were rejected, more than --max-rejects 1 \(first reasons: NaN"):
+        score_file(file, out, "sha", LINEAR, lambda feeds: [feeds["input"]], batch_rows=8, max_rejects=1)
+
+    def broken(feeds):
+        raise KeyboardInterrupt  # a cancel midway
+
+    with pytest.raises(KeyboardInterrupt):
+        score_file(file, out, "sha", LINEAR, broken, batch_rows=1, max_rejects=5)
+    assert not list((out / "shards").iterdir())
 
 
 def test_writer_numbers_rows_splits_rejects_and_commits_atomically(tmp_path):
