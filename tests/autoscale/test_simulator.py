@@ -107,6 +107,9 @@ def test_adaptive_default_holds_the_slo_on_a_short_bursty_trace_after_the_first_
     tr = make_trace("bursty", 1200.0)
     r = simulate(tr, "adaptive", cfg, prof, SimConfig())
     ts = r.timeseries
-    # every burst after the second is served within the SLO: capacity is held through the lulls
+    # every burst after the second is served within the SLO: capacity is held through the lulls, or, once the
+    # bursts are seen to come on a clock, asked ahead of each
     late = [t for t, p in zip(ts["t_s"], ts["latency_p95_ms"], strict=True) if p is not None and p > 50 and t > 300]
-    assert not late and r.scaling_actions < 20
+    # no flapping: the first burst's scale-up and stepped release (11), then one step up ahead of each periodic
+    # burst and one down after it
+    assert not late and r.scaling_actions <= 12 + 2 * 6

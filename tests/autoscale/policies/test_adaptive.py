@@ -7,7 +7,7 @@ import random
 import pytest
 
 from autoscale.policies import DEFAULT_POLICY, Observation, adaptive_policy, load_policy_config
-from autoscale.policies.adaptive import recurring_hold
+from autoscale.policies.adaptive import anticipation, periodic, recurring_hold
 
 CAP = 60.0  # requests/s one replica serves within the objective
 
@@ -45,13 +45,24 @@ def test_scales_up_at_once_on_a_burst_and_asks_for_the_backlog():
     assert state["rises"] and state["rises"][0] >= 60
 
 
-def test_holds_capacity_between_recurring_bursts_and_releases_after_calm():
-    burst = [20.0] * 90 + [200.0] * 30  # bursty: 30 s at 10x every 2 minutes
-    _, mid = _drive(burst * 5)
-    assert len(mid["rises"]) == 5 and mid["hold_s"] >= 1.5 * 120  # a recurring gap extends the hold
-    out, state = _drive(burst * 5 + [20.0] * 3000)
-    # After the second burst the peak's capacity is kept through the 90 s lulls ...
-    lull = out[2 * 120 + 30: 3 * 120]
+def _bursts(lulls, on_s=30, rate=200.0, base=20.0):
+    """`base` req/s with `on_s` bursts to `rate`, each after the next lull in `lulls` (seconds)."""
+    out = []
+    for lull in lulls:
+        out += [base] * lull + [rate] * on_s
+    return out
+
+
+IRREGULAR = [90, 150, 60, 200, 110]  # gaps 180, 90, 230, 140: not a clock (CV 0.4)
+
+
+def test_holds_capacity_between_irregular_recurring_bursts_and_releases_after_calm():
+    _, mid = _drive(_bursts(IRREGULAR))
+    assert len(mid["rises"]) == 5 and mid["hold_s"] >= 1.5 * 230  # a recurring gap extends the hold
+    assert not mid["periodic"]
+    out, _ = _drive(_bursts(IRREGULAR) + [20.0] * 3000)
+    # After the second burst the peak's capacity is kept through the lulls ...
+    lull = out[90 + 30 + 150 + 30: 90 + 30 + 150 + 30 + 60]
     assert min(lull) >= 4
     # ... and released once no burst came for the hold (rate-limited steps, never below the steady need).
     assert out[-1] <= 2
@@ -137,10 +148,104 @@ def test_recurring_hold_grows_with_the_burst_period_the_start_and_the_burst_size
 
 
 def test_holds_a_recurring_bursts_capacity_through_a_lull_longer_than_any_seen():
-    burst = [200.0] * 20 + [20.0] * 100  # 20 s at 10x every 2 minutes, then a lull 3.5x as long
-    rates = [20.0] * 100 + burst * 4 + [20.0] * 300 + [200.0] * 20 + [20.0] * 2400
+    # 20 s at 10x after irregular lulls (gaps 80, 170, 100), then back 420 s after the last (2.5x the longest)
+    rates = [20.0] * 100 + _bursts([100, 60, 150, 80], on_s=20) + [20.0] * 400 + [200.0] * 20 + [20.0] * 2400
     out, state = _drive(rates, start_s=2.0)  # a single rise is held 150 starts = 300 s: not through the lull
-    assert min(out[490:875]) >= 4  # the recurring peak's capacity is there when the burst returns at 880 s
+    back = 100 + 100 + 60 + 150 + 80 + 4 * 20 + 400  # the burst returns at 970 s, 400 s after the last
+    assert min(out[back - 390: back - 5]) >= 4  # the recurring peak's capacity is there when it does
     assert out[-1] <= 2  # and released after a long calm
     changes = sum(1 for a, b in zip(out, out[1:], strict=False) if a != b)
     assert changes <= 20, changes  # never flaps
+
+
+# Periodic bursts: anticipated instead of held.
+
+def test_periodic_needs_four_rises_on_a_clock():
+    cfg = _cfg()
+    assert periodic(cfg, [0.0, 120.0, 240.0]) is None  # two gaps agree by chance too often
+    assert periodic(cfg, [0.0, 120.0, 240.0, 360.0]) == (120.0, 0.0)
+    assert periodic(cfg, [0.0, 118.0, 242.0, 360.0, 479.0]) is not None  # a few seconds of jitter
+    # mmpp's fast rises (its default trace, seed 0): 64 s then 68 s agree, the four latest gaps do not
+    mmpp = [2390.0, 3040.0, 3090.0, 3110.0, 3174.0, 3242.0]
+    assert periodic(cfg, mmpp) is None
+    assert periodic(cfg, [0.0, 180.0, 270.0, 500.0, 640.0]) is None  # CV 0.4
+
+
+def test_periodic_jitter_is_an_upper_bound_that_tightens_with_more_gaps():
+    cfg = _cfg()
+    few = [0.0, 118.0, 240.0, 360.0]  # gaps 118, 122, 120: sample standard deviation 2
+    many = [0.0, 118.0, 240.0, 358.0, 480.0, 598.0, 720.0, 838.0, 960.0]  # 118, 122 alternating
+    (p_few, s_few), (p_many, s_many) = periodic(cfg, few), periodic(cfg, many)
+    assert p_few == pytest.approx(120.0) and p_many == pytest.approx(120.0)
+    sample_many = math.sqrt(8 * 4.0 / 7)  # the sample standard deviation of the eight gaps
+    assert s_few > 2 * 2.0  # three gaps: the bound is more than twice what they show
+    assert sample_many < s_many < 1.6 * sample_many  # eight: closer to it
+    # only the latest periodic_gaps gaps count: an old irregular gap drops out
+    assert periodic(cfg, [0.0, 400.0] + [400.0 + 120.0 * k for k in range(1, 9)]) == (120.0, 0.0)
+
+
+def test_anticipation_asks_a_start_plus_the_metrics_lag_and_a_margin_ahead():
+    cfg = _cfg()
+    ask, give_up = anticipation(cfg, 4.0, [0.0, 120.0, 240.0, 360.0])
+    # expected rise at 480 s; margin: one push (no jitter seen); metrics lag rise_lag_s = 6 s
+    assert ask == pytest.approx(480.0 - 4.0 - 6.0 - 2.0)
+    assert give_up == pytest.approx(480.0 + 6.0 + 2.0)
+    slow_ask, _ = anticipation(cfg, 10.0, [0.0, 120.0, 240.0, 360.0])
+    assert slow_ask == pytest.approx(ask - 6.0)  # a slower start asks earlier
+    jit_ask, jit_give_up = anticipation(cfg, 4.0, [0.0, 118.0, 240.0, 360.0])
+    _, std = periodic(cfg, [0.0, 118.0, 240.0, 360.0])
+    assert jit_ask == pytest.approx(480.0 - 4.0 - 6.0 - 3.0 * std)  # periodic_jitter_k = 3 deviations
+    assert jit_give_up == pytest.approx(480.0 + 6.0 + 3.0 * std)
+    assert anticipation(cfg, 4.0, [0.0, 180.0, 270.0, 500.0]) is None
+
+
+PERIOD, ON, START = 120, 30, 4.0
+
+
+def _periodic_rates(cycles, base=20.0, noise=0.0, seed=0):
+    rng = random.Random(seed)
+    rates = _bursts([90] * cycles, on_s=ON, base=base)
+    return [r if r > base else max(0.0, rng.gauss(base, noise * base)) for r in rates]
+
+
+def test_periodic_bursts_are_released_in_the_lull_and_asked_a_start_ahead():
+    out, state = _drive(_periodic_rates(10) + [20.0] * 60, start_s=START, ready_lag_s=START)
+    assert state["periodic"] and len(state["rises"]) == 10
+    onsets = [90 + PERIOD * k for k in range(10)]
+    for k in range(5, 9):  # the fourth rise shows the clock; from the fifth lull on, nothing waits for it
+        lull = out[onsets[k] + ON + 15: onsets[k] + ON + 60]
+        assert max(lull) <= 2, (k, lull)  # the burst's replicas are released after it ...
+        nxt = onsets[k + 1]
+        assert min(out[nxt - int(START) - 1: nxt + ON]) >= 4  # ... and asked a start before the next one
+    cycle = out[onsets[5]: onsets[9]]
+    changes = sum(1 for a, b in zip(cycle, cycle[1:], strict=False) if a != b)
+    assert changes <= 2 * 4, changes  # one step up ahead of each burst, one step down after it
+
+
+def test_periodic_bursts_on_a_noisy_base_do_not_flap():
+    rates = _periodic_rates(12, base=100.0, noise=0.08)
+    out, state = _drive(rates, start_s=START, ready_lag_s=START)
+    assert state["periodic"]
+    onsets = [90 + PERIOD * k for k in range(12)]
+    cycle = out[onsets[6]: onsets[11]]
+    moves = [(i, b > a) for i, (a, b) in enumerate(zip(cycle, cycle[1:], strict=False)) if a != b]
+    assert len(moves) <= 3 * 5, moves  # up ahead, down after, at most one more for a noise jump per cycle
+    turns = [(i, j) for (i, up), (j, up2) in zip(moves, moves[1:], strict=False) if up != up2]
+    assert all(j - i >= 20 for i, j in turns), turns  # never back and forth within a few pushes
+    assert max(out[onsets[8] + ON + 20: onsets[9] - 20]) <= 4  # the lull keeps the base's need (3), not the burst's
+
+
+def test_an_overdue_periodic_burst_falls_back_to_holding_its_capacity():
+    rates = _periodic_rates(6) + [20.0] * 3000  # the seventh burst never comes
+    out, state = _drive(rates, start_s=START, ready_lag_s=START)
+    expected = 90 + PERIOD * 6
+    assert min(out[expected - 5: expected + 300]) >= 4  # asked ahead, then held as recurring bursts are
+    assert not state["periodic"] and out[-1] <= 2  # and released after a long calm
+
+
+def test_an_early_burst_breaks_the_clock():
+    rates = _periodic_rates(6) + [20.0] * 30 + [200.0] * ON + [20.0] * 600  # the next burst 60 s early
+    out, state = _drive(rates, start_s=START, ready_lag_s=START)
+    assert not state["periodic"]  # gap 60 s among 120 s ones: CV over 0.1
+    early_end = 90 + PERIOD * 6 + ON
+    assert min(out[early_end: early_end + 300]) >= 4  # its capacity is held again (recurring_hold)
