@@ -1,7 +1,9 @@
 """Input discovery and shard planning. Pure (files and folders only; no Ray).
 
-Every input file is one shard, and each shard maps to one output shard `OUT/shards/<id>.parquet` with its
-rejects `<id>.rejects.jsonl` and, written last, its completion marker `<id>.done.json`. A shard is complete
+Every input file is one shard, except a Parquet file of more than `PART_ROWS` rows, which is cut at row-group
+boundaries into shards of at least that many rows (so one large file still spreads over the actors and
+nodes). Each shard maps to one output shard `OUT/shards/<id>.parquet` with its rejects `<id>.rejects.jsonl`
+and, written last, its completion marker `<id>.done.json`. A shard is complete
 when its marker exists and still describes the same input file (size, mtime) and the same model (sha256);
 anything else (no marker, a stale marker, leftover `.tmp` files of a crashed run) is redone from scratch.
 """
@@ -12,7 +14,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from optiserve.errors import UserError
@@ -21,6 +23,7 @@ FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv"
            ".tsv.gz": "csv", ".npz": "npz", ".npy": "npy"}
 SHARDS = "shards"
 TMP = ".tmp"
+PART_ROWS = 1 << 20  # a Parquet file larger than this is scored as several shards
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -34,7 +37,13 @@ class InputFile:
     delimiter: str = ","  # csv/tsv
     header: bool = True  # csv: False when the first line is all numbers (columns are then f0, f1, ...)
     ncols: int = 0  # csv: columns in the first line
-    columns: tuple[str, ...] = ()  # column / array names: files are read together only when these agree
+    columns: tuple[str, ...] = ()  # column / array names
+    row_groups: tuple[int, ...] = ()  # Parquet: (first, stop) row groups of this shard; () = the whole file
+    first_row: int = 0  # the file's row number of the shard's first row
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", tuple(self.columns))
+        object.__setattr__(self, "row_groups", tuple(self.row_groups))
 
     @property
     def name(self) -> str:
@@ -134,8 +143,29 @@ def _columns(path: Path, fmt: str) -> tuple[str, ...]:
     return ("data",)
 
 
+def split(file: InputFile, part_rows: int | None = None) -> list[InputFile]:
+    """A Parquet file of more than `part_rows` rows as shards of whole row groups, each >= part_rows rows."""
+    part_rows = part_rows or PART_ROWS
+    if file.format != "parquet":
+        return [file]
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(file.path).metadata
+    if meta.num_rows <= part_rows or meta.num_row_groups < 2:
+        return [file]
+    parts, first, start, rows = [], 0, 0, 0
+    for g in range(meta.num_row_groups):
+        rows += meta.row_group(g).num_rows
+        if rows - first >= part_rows or g == meta.num_row_groups - 1:
+            parts.append(replace(file, shard_id=f"{file.shard_id}-p{len(parts):04d}", row_groups=(start, g + 1),
+                                 first_row=first))
+            first, start = rows, g + 1
+    return parts
+
+
 def discover(inputs: list[str] | tuple[str, ...]) -> list[InputFile]:
-    """The data files named or found (recursively, sorted) in the given paths; a UserError when there are none."""
+    """The shards of the data files named or found (recursively, sorted) in the given paths, in input order; a
+    UserError when there are none."""
     found: dict[str, InputFile] = {}
     for text in inputs:
         path = Path(text).expanduser()
@@ -152,7 +182,7 @@ def discover(inputs: list[str] | tuple[str, ...]) -> list[InputFile]:
     if not found:
         raise UserError(f"no input files found in {', '.join(inputs)}: give .parquet, .csv, .tsv, .npz or .npy "
                         "files or folders holding them")
-    return list(found.values())
+    return [part for file in found.values() for part in split(file)]
 
 
 def shard_paths(out: Path, shard: str) -> dict[str, Path]:
@@ -222,7 +252,9 @@ def expected_rows(file: InputFile) -> int | None:
         if file.format == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.ParquetFile(file.path).metadata.num_rows
+            meta = pq.ParquetFile(file.path).metadata
+            groups = range(*file.row_groups) if file.row_groups else range(meta.num_row_groups)
+            return sum(meta.row_group(g).num_rows for g in groups)
         if file.format == "npy":
             import numpy as np
 

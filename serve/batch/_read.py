@@ -1,9 +1,9 @@
-"""Reading one input file as a stream of column batches. Pure (pyarrow and numpy; no Ray).
+"""Reading one input shard as a stream of column batches. Pure (pyarrow and numpy; no Ray).
 
 `read_batches(file, rows)` yields `{column: numpy array}` of at most `rows` rows, in file order, each with the
 file's path in `path` (as Ray Data's `include_paths` would), so `predict_batch` sees the same batches whatever
-the format. Parquet is read by record batch and CSV by block (bounded memory however large the file); an .npy
-is memory-mapped; an .npz is loaded whole (a zip member cannot be streamed), as before.
+the format. Parquet is read by record batch (only the shard's row groups) and CSV by block: bounded memory
+however large the file. An .npy is memory-mapped; an .npz is loaded whole (a zip member cannot be streamed).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def _tables(file: InputFile, rows: int):
         import pyarrow.parquet as pq
 
         with pq.ParquetFile(file.path) as parquet:
-            yield from parquet.iter_batches(batch_size=rows, use_threads=False)
+            groups = list(range(*file.row_groups)) if file.row_groups else None
+            yield from parquet.iter_batches(batch_size=rows, row_groups=groups, use_threads=False)
         return
     import pyarrow.csv as pcsv
 

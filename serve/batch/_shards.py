@@ -83,7 +83,8 @@ class ShardWriter:
         import pyarrow.parquet as pq
 
         n = table.num_rows
-        table = table.add_column(1, ROW, pa.array(np.arange(self.rows, self.rows + n, dtype=np.int64)))
+        first = self.file.first_row + self.rows
+        table = table.add_column(1, ROW, pa.array(np.arange(first, first + n, dtype=np.int64)))
         self.rows += n
         reasons = table.column(REJECT).to_numpy(zero_copy_only=False)
         bad = reasons != ""

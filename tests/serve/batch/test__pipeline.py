@@ -163,23 +163,24 @@ def _check_exact(out: Path, expected: dict, w, b, rejected=()):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_every_input_format_once(cluster, batch_repo, tmp_path):
+def test_every_input_format_once(cluster, batch_repo, tmp_path, monkeypatch):
     repo, w, b = batch_repo
     expected = _data(tmp_path / "data", [".parquet", ".csv", ".tsv", ".npz", ".npy"])
     tsv = next(p for p in expected if p.endswith(".tsv"))
     Path(tsv).write_text(Path(tsv).read_text().replace(",", "\t"))
+    monkeypatch.setattr("serve.batch._plan.PART_ROWS", 150)  # the Parquet file (3 x 100 rows) as 2 shards
     lines = []
     summary = run_batch(_config(repo, [tmp_path / "data"], tmp_path / "out"), log=lines.append)
-    assert summary.complete and summary.shards == summary.shards_written == 5
+    assert summary.complete and summary.shards == summary.shards_written == 6
     assert summary.rows == summary.output_rows == 1500 and summary.rejected == 0
     assert summary.cluster["nodes"] == 2
     assert BatchSummary.from_json((tmp_path / "out" / "summary.json").read_text()) == summary
     table = _check_exact(tmp_path / "out", expected, w, b)
-    assert sum(1 for line in lines if "done:" in line) == 5  # progress, one line per shard
+    assert sum(1 for line in lines if "done:" in line) == 6  # progress, one line per shard
     npy = table.filter(pa.compute.ends_with(table.column("source"), ".npy"))
     assert npy.num_rows == 300 and npy.column("id").null_count == 300  # .npy files carry no key columns
     again = run_batch(_config(repo, [tmp_path / "data"], tmp_path / "out"))  # all complete: nothing to do
-    assert again.shards_skipped == 5 and again.shards_written == 0 and again.rows_this_run == 0
+    assert again.shards_skipped == 6 and again.shards_written == 0 and again.rows_this_run == 0
 
 
 @pytest.mark.ray

@@ -120,3 +120,23 @@ def test_prepare_clears_partial_and_stale_outputs_only_of_pending_shards(tmp_pat
     assert not shard_paths(out, files[1].shard_id)["marker"].exists()
     assert not shard_paths(out, files[1].shard_id)["data"].exists()
     assert shard_paths(out, files[0].shard_id)["marker"].exists()
+
+
+def test_a_large_parquet_file_is_cut_into_shards_of_whole_row_groups(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from serve.batch._plan import describe, split
+    from serve.batch._read import read_batches
+
+    pq.write_table(pa.table({"id": np.arange(500)}), tmp_path / "big.parquet", row_group_size=100)
+    whole = describe(tmp_path / "big.parquet")
+    parts = split(whole, part_rows=150)
+    assert [(p.row_groups, p.first_row) for p in parts] == [((0, 2), 0), ((2, 4), 200), ((4, 5), 400)]
+    assert len({p.shard_id for p in parts}) == 3 and all(p.shard_id.startswith(whole.shard_id) for p in parts)
+    assert [expected_rows(p) for p in parts] == [200, 200, 100]
+    ids = [b["id"].tolist() for b in read_batches(parts[1], 1000)]
+    assert ids == [list(range(200, 400))]
+    assert split(whole, part_rows=500) == [whole]  # small enough: one shard
+    assert split(describe(_write(tmp_path / "a.csv", np.arange(600), np.ones((600, 1)))), part_rows=10)[0].format \
+        == "csv"  # only Parquet is cut
