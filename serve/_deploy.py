@@ -83,6 +83,15 @@ def model_app_args(repository: Path, name: str, cfg: ServeConfig, token_sha256: 
     return args
 
 
+def grpc_missing() -> str | None:
+    """Why gRPC cannot be served from this environment (its messages come from tritonclient), or None."""
+    try:
+        import serve._grpc  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
 def grpc_app_args(served: dict[str, str], cfg: ServeConfig, token_sha256: str | None, host: str,
                   grpc_port: int) -> dict[str, Any]:
     return {"models": sorted(served), "token_sha256": token_sha256, "host": host, "port": grpc_port,
@@ -216,6 +225,9 @@ def start_app(
                      f"started earlier or elsewhere), so Ray Serve's Python proxy serves: `modelserve stop` the local "
                      f"head and start again, or start the cluster's head with {flags}")
     _check_gpus(served, cfg)
+    if grpc_port and (why := grpc_missing()):  # e.g. a plain `pip install` (make adds tritonclient): HTTP still serves
+        notes.append(f"gRPC is off: {why}")
+        grpc_port = None
     if not _serve_running():
         if not _port_free(host, port):
             raise UserError(f"port {port} on {host} is in use: choose another with --port")

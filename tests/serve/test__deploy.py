@@ -2,7 +2,7 @@
 
 import yaml
 
-from serve._deploy import plan, serve_config
+from serve._deploy import grpc_missing, plan, serve_config
 from serve.config import ServeConfig
 
 
@@ -36,3 +36,12 @@ def test_serve_config_is_a_valid_ray_serve_deploy_file(repo):
     # the builders named by import_path build applications from exactly these args
     model_app(by_name["optiserve.mlp"].args)
     server_app(by_name["optiserve"].args)
+
+
+def test_grpc_is_turned_off_with_the_reason_when_tritonclient_is_missing(monkeypatch):
+    import sys
+
+    assert grpc_missing() is None  # make installs tritonclient
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # as after a plain `pip install optiserve`
+    monkeypatch.delitem(sys.modules, "serve._grpc", raising=False)
+    assert "pip install 'tritonclient[grpc]'" in grpc_missing()
