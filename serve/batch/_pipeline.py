@@ -224,6 +224,7 @@ def run_batch(config: BatchConfig, log=print) -> BatchSummary:
         try:
             cluster = cluster_resources()
             pool = check_resources(config, cluster)
+            cluster["pool"] = dict(zip(("min_actors", "max_actors", "cpus_per_actor"), pool, strict=True))
             log(f"batch: {pool[1]} actor(s) at most, {pool[2]} CPU(s) each, over {cluster['nodes']} node(s)")
             _stream(config, binding, version, manifest.sha256, before, pool, log)
         except BaseException as exc:  # noqa: BLE001 - recorded in the summary, then raised as one sentence

@@ -63,6 +63,7 @@ class Marker:
     output_rows: int
     rejected: int
     reasons: tuple[str, ...] = ()  # the first few reject reasons, for the --max-rejects message
+    seconds: float = 0.0  # time its actor spent on it: reading, scoring, writing
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reasons", tuple(self.reasons))

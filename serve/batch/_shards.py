@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ def score_file(file: InputFile, out: Path, model_sha256: str, binding: Binding, 
                max_rejects: int, after_batch=None) -> Marker:
     """Score every row of one file into its shard and commit it; nothing is left but `.tmp` files on failure.
     `after_batch(rows so far)` is called after each batch (progress, fault injection in tests)."""
+    started = time.monotonic()
     writer = ShardWriter(out, file, model_sha256, tuple(o.name for o in binding.outputs))
     try:
         for batch in read_batches(file, batch_rows):
@@ -48,7 +50,7 @@ def score_file(file: InputFile, out: Path, model_sha256: str, binding: Binding, 
         if expected is not None and expected != writer.rows:
             raise RuntimeError(f"{file.path} holds {expected} rows but {writer.rows} were read; the shard is not "
                                "marked complete")
-        return writer.commit()
+        return writer.commit(seconds=time.monotonic() - started)
     except BaseException:
         writer.abort()
         raise
@@ -109,7 +111,7 @@ class ShardWriter:
             self.rejected += int(bad.sum())
         return int(bad.sum())
 
-    def commit(self, schema=None) -> Marker:
+    def commit(self, schema=None, seconds: float = 0.0) -> Marker:
         """Close, rename into place, write the marker last. An all-rejected or empty input still gets a shard."""
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -127,7 +129,7 @@ class ShardWriter:
             self._rejects.close()
             os.replace(self._tmp("rejects"), self.paths["rejects"])
         marker = Marker(self.file.shard_id, self.file.path, self.file.size, self.file.mtime_ns, self.model_sha256,
-                        self.rows, self.output_rows, self.rejected, tuple(self.reasons))
+                        self.rows, self.output_rows, self.rejected, tuple(self.reasons), round(seconds, 3))
         atomic_write_text(self.paths["marker"], marker.to_json())
         return marker
 
