@@ -6,11 +6,11 @@
 
 Each actor holds one onnxruntime session, verified and warmed up once (serve._session.load), and scores a file
 from end to end (`_shards.score_file`): it reads it in batches, predicts, writes the shard and commits it with
-its marker. Rows never leave the process that reads them: moving every batch through the object store to an
-actor and its outputs back to the driver, which wrote the shards in order, cost 40 % of the rows/s of a plain
-onnxruntime loop on a 2-core machine (BENCHMARKS.md), and a file scored by one process needs no ordering to
-be exact. Ray Data schedules the files over the pool, sizes it between --min-actors and --max-actors, retries
-and shows progress. Everything that is not Ray lives in the pure modules beside this one.
+its marker. Rows never leave the process that reads them: with every batch moved through the object store to
+an actor and its outputs back to the driver, which wrote the shards in order, a run reached half the rows/s of
+a plain onnxruntime loop on a 2-core machine (0.80x now; BENCHMARKS.md), and a file scored by one process needs
+no ordering to be exact. Ray Data schedules the files over the pool, sizes it between --min-actors and
+--max-actors, retries and shows progress. Everything that is not Ray lives in the pure modules beside this one.
 """
 
 from __future__ import annotations
