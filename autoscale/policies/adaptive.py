@@ -33,7 +33,7 @@ before the new replica is ready misses the objective, and no later scaling can w
   never shorter than `burst_gap_factor` x the longest gap seen, capped at `memory_s`. Smooth traffic (no
   fast rises) keeps a short hold and pays little; bursty traffic keeps its peak capacity, because
   releasing it loses the SLO.
-- periodic bursts (`periodic`, `anticipation`): when the fast rises recur on a clock (at least four, the
+- periodic bursts (`periodic`, `anticipation`): when the burst onsets recur on a clock (at least four, the
   latest gaps' coefficient of variation at most `periodic_max_cv`), holding the peak through every lull
   pays for capacity the clock says is not needed. Then a burst's need is held apart from the steady
   recommendations and released `periodic_hold_starts` starts after the burst ends (the rate back under
@@ -44,7 +44,14 @@ before the new replica is ready misses the objective, and no later scaling can w
   gone. A rise that comes the same margin plus the lag late is overdue: what was asked falls back into
   the hold window, and the recurring hold keeps it. An early rise is reacted to as ever and, if it
   breaks the clock, brings back the recurring hold. Irregular bursts (mmpp, heavy-tailed) never pass
-  the test; a clock costs two scaling actions per burst (up ahead of it, down after it).
+  the test; a clock costs two scaling actions per burst (up ahead of it, down after it). The onsets are
+  the fast rises and the jumps the held capacity absorbs (`onset_level`: the rate past `onset_ratio` x
+  the lull's low and a replica's capacity above it, confirmed as a rise is): a burst the lull's steady
+  need (or what is asked ahead) already covers is no fast rise, yet it still marks the clock; with rises
+  alone, such bursts never showed a period and their capacity was held through every lull (issue 14's
+  live run, 4 -> 40 req/s at 15 req/s per replica: 4 replicas for 10 minutes). A clock learned while a
+  burst is under way keeps what was asked for that burst until it ends (its onset may come a push before
+  its rise, when the rate seen so far needs less than the capacity held for it).
 - the first burst of a kind cannot be served: no policy without foresight has capacity for a burst that
   rises faster than a replica starts plus the metrics lag (see `bound.references`); this policy makes
   sure it is the only one.
@@ -97,6 +104,7 @@ class AdaptiveConfig(SloPolicyConfig):
     periodic_max_cv: float = 0.1  # ... whose coefficient of variation is at most this
     periodic_jitter_k: float = 3.0  # asked this many standard deviations of the gap early (at least one push)
     periodic_hold_starts: float = 1.0  # a periodic burst's capacity is kept this many starts after it ends
+    onset_ratio: float = 2.0  # a burst onset (the clock's marks, see `onset_level`): at least this x the lull's rate
 
     def validate(self) -> None:
         super().validate()
@@ -104,6 +112,8 @@ class AdaptiveConfig(SloPolicyConfig):
             raise UserError("bucket_s and memory_s must be positive, burst_gap_factor and panic_threshold >= 1.")
         if not 0 < self.downscale_fraction <= 1:
             raise UserError("downscale_fraction must lie in (0, 1].")
+        if self.onset_ratio <= 1:
+            raise UserError("onset_ratio must be above 1.")
         if self.periodic_min_gaps < 2 or self.periodic_gaps < self.periodic_min_gaps:
             raise UserError("periodic_min_gaps must be at least 2 and periodic_gaps at least periodic_min_gaps.")
 
@@ -140,16 +150,16 @@ def recurring_hold(cfg: AdaptiveConfig, start_s: float, rises: list, peaks: list
     return max(poisson, cfg.burst_gap_factor * max(gaps))
 
 
-def periodic(cfg: AdaptiveConfig, rises: list) -> tuple[float, float] | None:
-    """(period, its standard deviation) when the fast rises recur on a clock, else None.
+def periodic(cfg: AdaptiveConfig, onsets: list) -> tuple[float, float] | None:
+    """(period, its standard deviation) when the burst onsets (fast rises included) recur on a clock, else None.
 
-    Periodic: at least `periodic_min_gaps` gaps between rises (so at least four rises: two gaps agree by
+    Periodic: at least `periodic_min_gaps` gaps between onsets (so at least four: two gaps agree by
     chance too often, mmpp shows 64 s then 68 s), and over the latest `periodic_gaps` of them the
     coefficient of variation is at most `periodic_max_cv`. A rise is stamped at the push that confirms it,
     so even a clock-exact burst shows a jitter of a push or so; irregular bursts (Markov-modulated,
     heavy-tailed) have gap CVs near 1.
     """
-    gaps = [b - a for a, b in zip(rises, rises[1:], strict=False)][-cfg.periodic_gaps:]
+    gaps = [b - a for a, b in zip(onsets, onsets[1:], strict=False)][-cfg.periodic_gaps:]
     if len(gaps) < cfg.periodic_min_gaps:
         return None
     mean = sum(gaps) / len(gaps)
@@ -164,22 +174,35 @@ def periodic(cfg: AdaptiveConfig, rises: list) -> tuple[float, float] | None:
     return mean, std * math.sqrt(v / chi2)
 
 
-def anticipation(cfg: AdaptiveConfig, start_s: float, rises: list) -> tuple[float, float] | None:
+def anticipation(cfg: AdaptiveConfig, start_s: float, onsets: list) -> tuple[float, float] | None:
     """(ask_s, give_up_s): when to ask for the next periodic burst's capacity, and when to stop expecting it.
 
-    The next rise is expected a period after the last (rises are stamped when confirmed, up to the metrics
+    The next onset is expected a period after the last (onsets are stamped when confirmed, up to the metrics
     lag `rise_lag_s` after the burst begins), so the capacity is asked a start plus the metrics lag plus a
     margin before that: the margin is `periodic_jitter_k` standard deviations of the period, at least one
     push (`bucket_s`). A rise that is not seen by the same margin plus the metrics lag after the expected
     one is late: the pattern is broken and the policy falls back to `recurring_hold`.
     """
-    per = periodic(cfg, rises)
+    per = periodic(cfg, onsets)
     if per is None:
         return None
     period, std = per
     margin = max(cfg.periodic_jitter_k * std, cfg.bucket_s)
-    expected = rises[-1] + period
+    expected = onsets[-1] + period
     return expected - start_s - cfg.rise_lag_s - margin, expected + cfg.rise_lag_s + margin
+
+
+def onset_level(cfg: AdaptiveConfig, low_rps: float) -> float:
+    """The rate a burst onset must pass: `onset_ratio` x the lull's low and one replica's capacity above it.
+
+    A fast rise is measured against the capacity held, so a burst the held capacity absorbs is not one
+    (with a small base rate the steady need alone may cover it: Erlang C keeps 3 replicas of 15 req/s for
+    4 req/s at a 100 ms objective and 67 ms service, 45 req/s, above 40 req/s bursts). The periodic clock
+    needs every burst's start, absorbed or not, so it is marked by the jump of the rate itself: well above
+    the lull (a ratio, so noise on a base does not pass it) and by more than a replica (so a jump between
+    two small rates does not either).
+    """
+    return max(cfg.onset_ratio * low_rps, low_rps + (cfg.capacity_rps_per_replica or 1.0))
 
 
 def _need(cfg: AdaptiveConfig, obs: Observation, rate: float, headroom: float) -> int:
@@ -222,16 +245,37 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
     queueing = obs.queued_requests > max(obs.current_replicas, 1)
     burst = state.get("burst")  # [level_rps, since_s, max steady need] of the burst under way, or None
     needs = list(state.get("burst_needs", []))  # the steady need each finished burst reached
+    # Burst onsets, the periodic clock's marks: every fast rise, and a jump past `onset_level` confirmed the
+    # same way (it also starts a burst, over once the rate falls back under that level).
+    onsets = [o for o in state.get("onsets", []) if t - o < cfg.memory_s]
+    level = onset_level(cfg, low)
+    fresh_onset = not onsets or t - onsets[-1] > look
+    onset_pending = state.get("onset_pending")
     if above and (queueing or (pending is not None and t - pending[0] >= cfg.bucket_s - 1e-9)):
         rises.append(t)
         pending = None
-        if burst is not None:
+        # a rise within an onset's look continues the burst that onset started (its need so far kept)
+        onset_burst = burst is not None and bool(onsets) and burst[1] == onsets[-1] and not fresh_onset
+        if burst is not None and not onset_burst:
             needs.append(burst[2])
-        burst = [held_then, t, 0]  # over once the rate is back under what was held before it
-    elif above:
-        pending = pending or [t, rate]
+        burst = [held_then, t, burst[2] if onset_burst else 0]  # over once the rate is back under what was
+        # held before it
+        if fresh_onset:
+            onsets.append(t)
+        onset_pending = None
     else:
-        pending = None
+        pending = (pending or [t, rate]) if above else None
+        jump = cfg.capacity_rps_per_replica is not None and rate > level and fresh_onset
+        if jump and onset_pending is not None and (queueing or t - onset_pending >= cfg.bucket_s - 1e-9):
+            onsets.append(t)
+            onset_pending = None
+            if burst is not None:
+                needs.append(burst[2])
+            burst = [level, t, 0]
+        elif jump:
+            onset_pending = onset_pending if onset_pending is not None else t
+        else:
+            onset_pending = None
 
     # Highest measured rate per minute over the memory: the size recurring bursts have shown.
     # ([minute start, max, sum, n]: also the mean rate over the memory, for the miss budget.)
@@ -243,7 +287,7 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
         peaks.append([t, obs.arrival_rate_rps, obs.arrival_rate_rps, 1])
     # Periodic bursts: anticipated (asked a start ahead of the next one, released a short hold after each)
     # while the next is not overdue; otherwise (or once overdue) the holds below keep the burst capacity.
-    ant = anticipation(cfg, start_s, rises)
+    ant = anticipation(cfg, start_s, onsets)
     active = ant is not None and t <= ant[1]
     anticipating = active and t >= ant[0]
     hold_s = max(cfg.min_hold_s, cfg.hold_starts * start_s) if active else _hold_window(cfg, start_s, rises, t, peaks)
@@ -293,6 +337,8 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
     bhold = state.get("bhold")  # [until_s, need]
     if active and (burst is not None or anticipating or (bhold is not None and t < bhold[0])):
         short = max(cfg.periodic_hold_starts * start_s, cfg.look_back_period_s)
+        if bhold is None and burst is not None:  # the clock learned (or an early burst) mid-burst: what was
+            bhold = [t, obs.target_replicas]  # asked for it is kept until it ends (not the steady need so far)
         # what the latest bursts needed (or, before one has ended, the need of the highest rate seen)
         expect = max(needs or [_need(cfg, obs, max(p[1] for p in peaks), headroom)]) if anticipating else 0
         until = t + short if burst is not None or anticipating else bhold[0]
@@ -322,5 +368,6 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
     return desired, {**panic_state, "prev": prev, "cur": cur, "hist": hist, "rises": rises, "recs": recs,
                      "peaks": peaks, "rise_pending": pending, "panic_until_s": panic_until, "last_down_s": last_down,
                      "hold_s": hold_s, "key": key, "eval_s": t, "desired": desired, "burst": burst,
-                     "burst_needs": needs, "bhold": bhold, "settled_s": state.get("settled_s"),
+                     "burst_needs": needs, "bhold": bhold, "onsets": onsets, "onset_pending": onset_pending,
+                     "settled_s": state.get("settled_s"),
                      "periodic": active}

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from autoscale.policies import DEFAULT_POLICY, Observation, adaptive_policy, load_policy_config
-from autoscale.policies.adaptive import anticipation, periodic, recurring_hold
+from autoscale.policies.adaptive import anticipation, onset_level, periodic, recurring_hold
+from optiserve.errors import UserError
 
 CAP = 60.0  # requests/s one replica serves within the objective
 
@@ -85,7 +86,7 @@ def test_no_flapping_on_a_noisy_flat_trace():
     out, state = _drive(rates)
     changes = sum(1 for a, b in zip(out, out[1:], strict=False) if a != b)
     assert changes <= 3, changes  # the initial scale-up, nothing after
-    assert not state["rises"]  # noise is not a burst
+    assert not state["rises"] and not state["onsets"]  # noise is not a burst
 
 
 def test_scale_down_is_rate_limited_and_gradual():
@@ -249,3 +250,69 @@ def test_an_early_burst_breaks_the_clock():
     assert not state["periodic"]  # gap 60 s among 120 s ones: CV over 0.1
     early_end = 90 + PERIOD * 6 + ON
     assert min(out[early_end: early_end + 300]) >= 4  # its capacity is held again (recurring_hold)
+
+
+# Burst onsets: the periodic clock's marks, also when the capacity held absorbs a burst (no fast rise).
+
+def test_onset_level_is_a_ratio_of_the_lull_and_more_than_a_replica_above_it():
+    cfg = _cfg()
+    assert onset_level(cfg, 100.0) == pytest.approx(200.0)  # onset_ratio 2 x the lull
+    assert onset_level(cfg, 4.0) == pytest.approx(4.0 + CAP)  # a small lull: one replica's capacity above it
+    assert onset_level(_cfg(onset_ratio=3.0), 100.0) == pytest.approx(300.0)
+    with pytest.raises(UserError):
+        _cfg(onset_ratio=1.0)
+
+
+def test_an_onset_is_confirmed_on_the_next_observation_or_at_once_by_a_queue():
+    rates = [20.0] * 60 + [200.0] * 2
+    _, one = _drive(rates)
+    assert not one["onsets"]  # the same push (bucket_s 2 s) may be noise
+    _, two = _drive(rates + [200.0])
+    assert two["onsets"] == [62.0] and two["rises"] == [62.0]  # a fast rise is an onset too, stamped once
+    _, queued = _drive(rates[:61], queued=[0.0] * 60 + [50.0])
+    assert queued["onsets"] == [60.0]
+
+
+def test_noise_and_slow_growth_are_no_onsets():
+    rng = random.Random(0)
+    noisy = [max(0.0, rng.gauss(100.0, 15.0)) for _ in range(1800)]
+    assert not _drive(noisy)[1]["onsets"]
+    ramp = [20.0 + 0.5 * k for k in range(600)]  # 0.5 req/s per second: never a replica within a start
+    assert not _drive(ramp)[1]["onsets"]
+
+
+# The live case of issue 14: 4 req/s with 30 s bursts to 40 every 90 s, 15 req/s per replica, a 100 ms
+# objective (67 ms service), 3.15 s start, 1..4 replicas. Erlang C keeps 3 replicas (45 req/s) for the
+# lull's 4 req/s, so no burst is a fast rise; the clock is learned from the onsets.
+SMALL_CAP, SMALL_START = 15.0, 3.15
+
+
+def test_periodic_bursts_the_held_capacity_absorbs_are_learned_from_their_onsets():
+    cfg = load_policy_config("adaptive", None, capacity_rps_per_replica=SMALL_CAP, slo_p95_ms=100.0)
+    rates = _bursts([60] * 10, on_s=30, rate=40.0, base=4.0)
+    out, state = _drive(rates, cfg=cfg, start_s=SMALL_START, ready_lag_s=SMALL_START, max_r=4)
+    onsets = [60 + 90 * k for k in range(10)]
+    assert not state["rises"]  # every burst absorbed: the old clock (fast rises only) never started
+    assert state["periodic"] and len(state["onsets"]) == 10
+    assert state["onsets"][0] == onsets[0] + 2  # confirmed a push after the jump
+    lull_need = max(out[onsets[0] - 20: onsets[0]])
+    burst_need = max(out[onsets[0]: onsets[0] + 30])
+    assert lull_need < burst_need == 4
+    for k in range(4, 9):  # the fourth onset shows the clock: released after each burst, asked ahead of the next
+        end = onsets[k] + 30
+        assert max(out[end + 10: onsets[k + 1] - 15]) == lull_need, k
+        assert min(out[onsets[k + 1] - int(SMALL_START) - 1: onsets[k + 1] + 30]) == burst_need, k
+
+
+def test_a_clock_learned_mid_burst_keeps_what_was_asked_for_that_burst():
+    # Each burst first shows 100 req/s for 8 s (an onset: more than 2x the lull and a replica above it, below
+    # the fast-rise level), then 200. The fourth onset shows the clock while its burst is under way: the
+    # recurring capacity asked for it (5) is kept, not cut to the need of the 100 req/s seen so far (3).
+    rates = []
+    for _ in range(6):
+        rates += [20.0] * 90 + [100.0] * 8 + [200.0] * 22
+    out, state = _drive(rates + [20.0] * 60, start_s=START, ready_lag_s=START)
+    fourth = 90 + 120 * 3
+    assert state["onsets"][3] == fourth + 2 and state["rises"][3] > fourth + 2  # the onset comes first
+    assert state["periodic"]
+    assert min(out[fourth: fourth + 30]) == max(out[fourth - 10: fourth]) == 5
