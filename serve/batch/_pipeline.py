@@ -219,7 +219,7 @@ def run_batch(config: BatchConfig, log=print) -> BatchSummary:
     cluster: dict = {}
     error: BaseException | None = None
     if before.pending:
-        prepare(out, before.pending)
+        prepare(out, before.pending, keep={f.shard_id for f, _ in before.complete})
         owned = _connect(config.address)
         try:
             cluster = cluster_resources()

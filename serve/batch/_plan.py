@@ -10,6 +10,7 @@ anything else (no marker, a stale marker, leftover `.tmp` files of a crashed run
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -145,7 +146,8 @@ def _columns(path: Path, fmt: str) -> tuple[str, ...]:
 
 
 def split(file: InputFile, part_rows: int | None = None) -> list[InputFile]:
-    """A Parquet file of more than `part_rows` rows as shards of whole row groups, each >= part_rows rows."""
+    """A Parquet file of more than `part_rows` rows as shards of whole row groups, each of at least `part_rows`
+    rows but the last."""
     part_rows = part_rows or PART_ROWS
     if file.format != "parquet":
         return [file]
@@ -226,14 +228,25 @@ def plan(files: list[InputFile], out: Path, model_sha256: str) -> Plan:
     return Plan(complete, pending)
 
 
-def prepare(out: Path, pending: list[InputFile]) -> None:
-    """Clear what a crashed or older run left of the pending shards (markers first, then data, then temp files)."""
+_SHARD_FILE = re.compile(r"(-p\d{4})?\.(?:parquet|rejects\.jsonl|done\.json)(?:\.tmp)?$")
+
+
+def prepare(out: Path, pending: list[InputFile], keep: set[str] = frozenset()) -> None:
+    """Clear what a crashed or older run left of the pending shards (markers first, then data, then temp files),
+    and the shards of the same input files cut differently before (a file that grew past PART_ROWS, or shrank
+    under it), unless their id is in `keep` (the complete shards of this plan)."""
     folder = Path(out) / SHARDS
     folder.mkdir(parents=True, exist_ok=True)
     for file in pending:
         paths = shard_paths(out, file.shard_id)
         for key in ("marker", "data", "rejects"):
             paths[key].unlink(missing_ok=True)
+    current = {f.shard_id for f in pending} | set(keep)
+    for base in {shard_id(f.path) for f in pending}:
+        for path in sorted(folder.glob(f"{glob.escape(base)}*"), key=lambda p: not p.name.endswith(".done.json")):
+            cut = _SHARD_FILE.fullmatch(path.name[len(base):])
+            if cut and base + (cut.group(1) or "") not in current:
+                path.unlink(missing_ok=True)
     for tmp in folder.glob(f"*{TMP}"):
         tmp.unlink(missing_ok=True)
 

@@ -140,3 +140,22 @@ def test_a_large_parquet_file_is_cut_into_shards_of_whole_row_groups(tmp_path):
     assert split(whole, part_rows=500) == [whole]  # small enough: one shard
     assert split(describe(_write(tmp_path / "a.csv", np.arange(600), np.ones((600, 1)))), part_rows=10)[0].format \
         == "csv"  # only Parquet is cut
+
+
+def test_a_file_cut_differently_than_before_leaves_no_old_shard_behind(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": np.arange(300)}), tmp_path / "big.parquet", row_group_size=100)
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    whole = discover([str(tmp_path / "big.parquet")])
+    assert len(whole) == 1
+    for name in ("data", "rejects", "marker"):
+        shard_paths(out, whole[0].shard_id)[name].write_text("scored whole by an earlier run")
+    monkeypatch.setattr("serve.batch._plan.PART_ROWS", 150)
+    parts = discover([str(tmp_path / "big.parquet")])
+    assert len(parts) == 2
+    atomic_write_text(shard_paths(out, parts[0].shard_id)["marker"], "complete part")  # kept: in `keep`
+    prepare(out, parts[1:], keep={parts[0].shard_id})
+    assert [p.name for p in (out / "shards").iterdir()] == [f"{parts[0].shard_id}.done.json"]
