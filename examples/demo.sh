@@ -55,10 +55,15 @@ $BIN/loadtest run --url "http://127.0.0.1:$PORT" --model digits-mlp --repository
 $BIN/modelserve stop
 trap - EXIT
 
+echo "== 7. batch inference: score the held-out digits with the newest version on Ray Data actors (resumable)"
+$BIN/modelserve batch --repository "$OUT/repository" --model digits-mlp --input "$OUT/models/mlp/eval.npz" \
+  --output "$OUT/scores" --no-progress
+
 echo
 echo "Reports:"
 echo "  quantization:    $OUT/quantized/mlp/report.md  $OUT/quantized/mlp/report.json"
 [ "$PRUNED" = yes ] && echo "  pruning:         $OUT/pruned/mlp/report.md  $OUT/pruned-quantized/mlp/report.md"
 echo "  capacity plan:   $OUT/capacity/capacity.html  $OUT/capacity/capacity.json  $OUT/capacity/autoscaling.yaml"
 echo "  load test:       $OUT/loadtest/report.html  $OUT/loadtest/results.json"
+echo "  batch scores:    $OUT/scores/shards  $OUT/scores/summary.json  $OUT/scores/rejects.jsonl"
 echo "Model repository: $OUT/repository"
