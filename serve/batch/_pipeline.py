@@ -235,7 +235,8 @@ def run_batch(config: BatchConfig, log=print) -> BatchSummary:
 
                 ray.shutdown()
     after = plan(files, out, manifest.sha256)  # what is committed on disk, whatever happened
-    new = [m for f, m in after.complete if f.path not in {g.path for g, _ in before.complete}]
+    done_before = {f.shard_id for f, _ in before.complete}  # shard ids: a split file's parts share its path
+    new = [m for f, m in after.complete if f.shard_id not in done_before]
     failures: list[str] = []
     if error is not None:
         user = error if isinstance(error, UserError) else _user_error(error)

@@ -181,6 +181,9 @@ def test_every_input_format_once(cluster, batch_repo, tmp_path, monkeypatch):
     assert npy.num_rows == 300 and npy.column("id").null_count == 300  # .npy files carry no key columns
     again = run_batch(_config(repo, [tmp_path / "data"], tmp_path / "out"))  # all complete: nothing to do
     assert again.shards_skipped == 6 and again.shards_written == 0 and again.rows_this_run == 0
+    next((tmp_path / "out" / "shards").glob("*-p0001.done.json")).unlink()  # the split file's second part, lost
+    redo = run_batch(_config(repo, [tmp_path / "data"], tmp_path / "out"))
+    assert redo.shards_skipped == 5 and redo.shards_written == 1 and redo.rows_this_run == 100
 
 
 @pytest.mark.ray
