@@ -38,12 +38,10 @@ class InputFile:
     delimiter: str = ","  # csv/tsv
     header: bool = True  # csv: False when the first line is all numbers (columns are then f0, f1, ...)
     ncols: int = 0  # csv: columns in the first line
-    columns: tuple[str, ...] = ()  # column / array names
     row_groups: tuple[int, ...] = ()  # Parquet: (first, stop) row groups of this shard; () = the whole file
     first_row: int = 0  # the file's row number of the shard's first row
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "columns", tuple(self.columns))
         object.__setattr__(self, "row_groups", tuple(self.row_groups))
 
     @property
@@ -107,42 +105,29 @@ def _csv_layout(path: Path) -> tuple[str, bool, int]:
 
 
 def describe(path: Path) -> InputFile:
+    """The file as a shard, its layout read cheaply (Parquet footer, CSV first line, .npz member names), so a
+    broken file is one sentence here, before Ray starts."""
     path = path.resolve()
     fmt = _format(path)
     if fmt is None:
         raise UserError(f"{path} is not a .parquet, .csv, .tsv, .npz or .npy file")
     stat = path.stat()
-    extra: dict = {"columns": _columns(path, fmt)}
-    if fmt == "csv":
-        extra.update(zip(("delimiter", "header", "ncols"), _csv_layout(path), strict=True))
-    return InputFile(str(path), fmt, stat.st_size, stat.st_mtime_ns, shard_id(str(path)), **extra)
-
-
-def _columns(path: Path, fmt: str) -> tuple[str, ...]:
-    """The names a file's rows carry, read cheaply (Parquet footer, CSV header, .npz member names)."""
+    extra: dict = {}
     try:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            return tuple(pq.read_schema(path).names)
-        if fmt == "npz":
+            pq.read_schema(path)
+        elif fmt == "npz":
             import zipfile
 
             with zipfile.ZipFile(path) as zf:
-                return tuple(sorted(n.removesuffix(".npy") for n in zf.namelist()))
-        if fmt == "csv":
-            delimiter, header, ncols = _csv_layout(path)
-            if not header:
-                return tuple(f"f{i}" for i in range(ncols))
-            import csv
-            import gzip
-
-            opener = gzip.open if path.name.lower().endswith(".gz") else open
-            with opener(path, "rt", newline="") as fh:
-                return tuple(next(csv.reader(fh, delimiter=delimiter), []))
+                zf.namelist()
+        elif fmt == "csv":
+            extra = dict(zip(("delimiter", "header", "ncols"), _csv_layout(path), strict=True))
     except Exception as exc:  # OSError, and pyarrow's / zipfile's own types for a broken file
         raise UserError(f"input {path} is not a readable {fmt} file ({str(exc).splitlines()[0][:200]})") from None
-    return ("data",)
+    return InputFile(str(path), fmt, stat.st_size, stat.st_mtime_ns, shard_id(str(path)), **extra)
 
 
 def split(file: InputFile, part_rows: int | None = None) -> list[InputFile]:
