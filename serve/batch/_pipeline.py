@@ -285,7 +285,7 @@ def _stream(config: BatchConfig, binding: Binding, version: str, model_sha256: s
             num_cpus=pool[2], num_gpus=config.gpus_per_actor or None,
             fn_constructor_kwargs={
                 "repository": str(Path(config.repository).resolve()), "model": config.model, "version": version,
-                "device": config.device, "threads": config.threads_per_actor or pool[2], "binding": binding,
+                "device": config.device, "threads": pool[2], "binding": binding,
                 "out": str(Path(config.output).resolve()), "model_sha256": model_sha256,
                 "batch_rows": config.batch_size, "max_rejects": config.max_rejects,
                 "kill_after_rows": int(os.environ.get(KILL_AFTER_ROWS_ENV, "0") or 0), "kill_pid": os.getpid()},
