@@ -1,16 +1,16 @@
-"""The Ray Data edge of batch inference: a pool of actors, each scoring whole input files into their shards.
+"""The Ray edge of batch inference: a pool of actors, each scoring whole input files into their shards.
 
-    from_items(pending files, one block each)
-      -> map_batches(_ShardScorer, batch_size=1, compute=ActorPoolStrategy(min, max), num_cpus=threads, num_gpus=...)
-      -> iter_rows on this driver: one completion marker per file, as each shard is committed
+    actors = [_ShardScorer(num_cpus=threads, num_gpus=...) x pool size]
+    each actor, once ready, is handed one pending file; its marker comes back; it is handed the next
 
 Each actor holds one onnxruntime session, verified and warmed up once (serve._session.load), and scores a file
 from end to end (`_shards.score_file`): it reads it in batches, predicts, writes the shard and commits it with
-its marker. Rows never leave the process that reads them: with every batch moved through the object store to
-an actor and its outputs back to the driver, which wrote the shards in order, a run reached half the rows/s of
-a plain onnxruntime loop on a 2-core machine (0.80x now; BENCHMARKS.md), and a file scored by one process needs
-no ordering to be exact. Ray Data schedules the files over the pool, sizes it between --min-actors and
---max-actors, retries and shows progress. Everything that is not Ray lives in the pure modules beside this one.
+its marker. Rows never leave the process that reads them, and a file scored by one process needs no ordering to
+be exact. The pool is plain Ray actors rather than Ray Data's `map_batches` over the file list, which this module
+used before: with the same actor code, Ray Data's executor (its start, its stats actors, its scheduling loop on the
+driver) held a run to 0.80x of a plain onnxruntime loop on a 2-core machine where plain actors reach ~0.9x
+(BENCHMARKS.md); Ray Data's readers were not used anyway, since an actor reads its own file. Everything that is
+not Ray lives in the pure modules beside this one.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from optiserve.errors import UserError
 from optiserve.repository import list_models, list_versions, verify
 from serve.batch._plan import InputFile, Marker, discover, plan, prepare
@@ -33,6 +31,9 @@ from serve.batch.config import BatchConfig
 from serve.batch.summary import SUMMARY_FILE, BatchSummary, build
 
 KILL_AFTER_ROWS_ENV = "OPTISERVE_BATCH_KILL_AFTER_ROWS"  # fault injection for tests: SIGKILL the run after N rows
+KILL_ACTOR_AFTER_ROWS_ENV = "OPTISERVE_BATCH_KILL_ACTOR_AFTER_ROWS"  # tests: SIGKILL one actor once, after N rows
+KILLED_ONCE = ".actor-killed"  # in the output folder: the actor kill above happened
+RESTARTS = 2  # times an actor that died is restarted (its file redone) before the run fails
 
 
 def resolve_version(repository: Path, model: str, version: str | None) -> str:
@@ -50,11 +51,11 @@ def resolve_version(repository: Path, model: str, version: str | None) -> str:
 
 
 class _ShardScorer:
-    """One map_batches actor: one verified, warmed-up onnxruntime session; scores whole files into their shards."""
+    """One pool actor: one verified, warmed-up onnxruntime session; scores whole files into their shards."""
 
     def __init__(self, repository: str, model: str, version: str, device: str, threads: int, binding: Binding,
                  out: str, model_sha256: str, batch_rows: int, max_rejects: int, kill_after_rows: int = 0,
-                 kill_pid: int = 0) -> None:
+                 kill_pid: int = 0, kill_actor_after_rows: int = 0) -> None:
         from serve._session import load
 
         threads = min(threads, os.cpu_count() or threads)  # Ray's logical CPUs may outnumber the machine's cores
@@ -63,6 +64,7 @@ class _ShardScorer:
         self.batch_rows, self.max_rejects = batch_rows, max_rejects
         self.names = [o.name for o in binding.outputs]
         self.kill_after, self.kill_pid, self.rows = kill_after_rows, kill_pid, 0
+        self.kill_actor_after = kill_actor_after_rows
 
     def _run(self, feeds):
         return self.session.run(self.names, feeds)
@@ -71,16 +73,22 @@ class _ShardScorer:
         if self.kill_after and self.rows + rows_in_file >= self.kill_after:  # fault injection: the run dies here
             os.kill(self.kill_pid, signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.kill_actor_after and self.rows + rows_in_file >= self.kill_actor_after:  # the actor alone, once
+            try:
+                (self.out / KILLED_ONCE).open("x").close()
+            except FileExistsError:
+                return
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        markers = []
-        for spec in batch["file"]:
-            file = InputFile(**json.loads(spec))
-            marker = score_file(file, self.out, self.sha, self.binding, self._run, self.batch_rows,
-                                self.max_rejects, self._after_batch)
-            self.rows += marker.rows
-            markers.append(marker.to_json())
-        return {"marker": np.array(markers, dtype=object)}
+    def ready(self) -> None:
+        """Returns once the constructor has run: the session is loaded and warmed up."""
+
+    def score(self, spec: str) -> str:
+        """Score one file (an InputFile as JSON) into its shard; its marker, as JSON."""
+        marker = score_file(InputFile(**json.loads(spec)), self.out, self.sha, self.binding, self._run,
+                            self.batch_rows, self.max_rejects, self._after_batch)
+        self.rows += marker.rows
+        return marker.to_json()
 
 
 def _connect(address: str | None) -> bool:
@@ -263,41 +271,44 @@ def run_batch(config: BatchConfig, log=print) -> BatchSummary:
 
 def _stream(config: BatchConfig, binding: Binding, version: str, model_sha256: str, the_plan,
             pool: tuple[int, int, int], log) -> None:
-    """Score the pending files on the actor pool; log each shard as its marker arrives; stop past --max-rejects."""
-    import logging
+    """Score the pending files on the actor pool; log each shard as its marker arrives; stop past --max-rejects.
 
-    import ray.data
+    Each actor is handed one file as soon as it is ready and the next when it commits one, so a fast node takes
+    more files and an actor that cannot be placed takes none."""
+    import ray
 
-    context = ray.data.DataContext.get_current()
-    saved = context.enable_progress_bars
-    data_logger = logging.getLogger("ray.data")
-    level = data_logger.level
-    data_logger.setLevel(logging.CRITICAL)  # its logged stack traces: the failure is reported in one sentence
-    context.enable_progress_bars = config.progress
-    pending = the_plan.pending
+    pending = list(the_plan.pending)
     rejected = sum(m.rejected for _, m in the_plan.complete)
     reasons = [r for _, m in the_plan.complete for r in m.reasons]
+    # an actor killed midway (a node lost, out of memory) is restarted and its file scored again from the start
+    scorer = ray.remote(_ShardScorer).options(num_cpus=pool[2], num_gpus=config.gpus_per_actor or 0,
+                                              max_restarts=RESTARTS, max_task_retries=RESTARTS)
+    kwargs = {"repository": str(Path(config.repository).resolve()), "model": config.model, "version": version,
+              "device": config.device, "threads": pool[2], "binding": binding,
+              "out": str(Path(config.output).resolve()), "model_sha256": model_sha256,
+              "batch_rows": config.batch_size, "max_rejects": config.max_rejects,
+              "kill_after_rows": int(os.environ.get(KILL_AFTER_ROWS_ENV, "0") or 0), "kill_pid": os.getpid(),
+              "kill_actor_after_rows": int(os.environ.get(KILL_ACTOR_AFTER_ROWS_ENV, "0") or 0)}
+    actors = [scorer.remote(**kwargs) for _ in range(min(pool[1], len(pending)))]
+    waiting = {actor.ready.remote(): actor for actor in actors}  # ref -> actor: ready, or done with a file
+    started, rows, done = time.monotonic(), 0, 0
     try:
-        dataset = ray.data.from_items([{"file": json.dumps(asdict(f))} for f in pending],
-                                      override_num_blocks=len(pending)).map_batches(
-            _ShardScorer, batch_size=1, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(min_size=pool[0], max_size=pool[1], max_tasks_in_flight_per_actor=1),
-            num_cpus=pool[2], num_gpus=config.gpus_per_actor or None,
-            fn_constructor_kwargs={
-                "repository": str(Path(config.repository).resolve()), "model": config.model, "version": version,
-                "device": config.device, "threads": pool[2], "binding": binding,
-                "out": str(Path(config.output).resolve()), "model_sha256": model_sha256,
-                "batch_rows": config.batch_size, "max_rejects": config.max_rejects,
-                "kill_after_rows": int(os.environ.get(KILL_AFTER_ROWS_ENV, "0") or 0), "kill_pid": os.getpid()},
-        )
-        for done, row in enumerate(dataset.iter_rows(), start=1):
-            marker = Marker(**json.loads(row["marker"]))
-            log(f"batch: shard {done}/{len(pending)} done: {marker.rows:,} rows, {marker.rejected} rejected "
-                f"({Path(marker.input).name})")
-            rejected += marker.rejected
-            reasons += marker.reasons
-            if rejected > config.max_rejects:
-                raise too_many_rejects(rejected, config.max_rejects, reasons)
+        while waiting:
+            [ref], _ = ray.wait(list(waiting), num_returns=1)
+            actor = waiting.pop(ref)
+            result = ray.get(ref)
+            if result is not None:
+                marker = Marker(**json.loads(result))
+                done, rows = done + 1, rows + marker.rows
+                if config.progress:
+                    log(f"batch: shard {done}/{len(pending)} done: {marker.rows:,} rows, {marker.rejected} rejected "
+                        f"({Path(marker.input).name}); {rows / (time.monotonic() - started):,.0f} rows/s so far")
+                rejected += marker.rejected
+                reasons += marker.reasons
+                if rejected > config.max_rejects:
+                    raise too_many_rejects(rejected, config.max_rejects, reasons)
+            if pending:
+                waiting[actor.score.remote(json.dumps(asdict(pending.pop(0))))] = actor
     finally:
-        context.enable_progress_bars = saved
-        data_logger.setLevel(level)
+        for actor in actors:
+            ray.kill(actor)

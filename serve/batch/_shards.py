@@ -25,6 +25,7 @@ from serve.batch._read import read_batches
 REJECTS_FILE = "rejects.jsonl"
 OUTPUT_EXTRAS = ("probabilities", "prediction")
 REASONS_KEPT = 3
+ROW_GROUP_ROWS = 65536  # rows buffered per Parquet row group: one per model call made 1,000 groups per 1M rows
 
 
 def too_many_rejects(rejected: int, limit: int, reasons) -> UserError:
@@ -56,6 +57,17 @@ def score_file(file: InputFile, out: Path, model_sha256: str, binding: Binding, 
         raise
 
 
+def _parquet_writer(path: Path, schema):
+    """Dictionary encoding for text columns only: tried on every column (pyarrow's default), hashing the float
+    outputs cost 3x the whole write and gave larger files, as their values hardly repeat."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            or pa.types.is_binary(f.type) or pa.types.is_dictionary(f.type)]
+    return pq.ParquetWriter(path, schema, use_dictionary=text or False)
+
+
 def _jsonable(value):
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)
@@ -74,6 +86,7 @@ class ShardWriter:
         self.rejected = 0
         self.reasons: list[str] = []
         self._writer = None
+        self._buffered: list = []
         self._rejects = None
 
     def _tmp(self, key: str) -> Path:
@@ -82,7 +95,6 @@ class ShardWriter:
     def write(self, table) -> int:
         """Append rows (one source); returns how many were rejected."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         n = table.num_rows
         first = self.file.first_row + self.rows
@@ -93,11 +105,13 @@ class ShardWriter:
         good = table.filter(pa.array(~bad)).drop_columns([REJECT])
         if good.num_rows:
             if self._writer is None:
-                self._writer = pq.ParquetWriter(self._tmp("data"), good.schema)
+                self._writer = _parquet_writer(self._tmp("data"), good.schema)
             elif good.schema != self._writer.schema:
                 good = good.cast(self._writer.schema)
-            self._writer.write_table(good)
+            self._buffered.append(good)
             self.output_rows += good.num_rows
+            if sum(t.num_rows for t in self._buffered) >= ROW_GROUP_ROWS:
+                self._flush()
         if bad.any():
             if self._rejects is None:
                 self._rejects = open(self._tmp("rejects"), "w")
@@ -120,6 +134,7 @@ class ShardWriter:
             empty = schema or pa.schema([(SOURCE, pa.string()), (ROW, pa.int64())])
             pq.write_table(empty.empty_table(), self._tmp("data"))
         else:
+            self._flush()
             self._writer.close()
         self._fsync(self._tmp("data"))
         os.replace(self._tmp("data"), self.paths["data"])
@@ -132,6 +147,13 @@ class ShardWriter:
                         self.rows, self.output_rows, self.rejected, tuple(self.reasons), round(seconds, 3))
         atomic_write_text(self.paths["marker"], marker.to_json())
         return marker
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._buffered:
+            self._writer.write_table(pa.concat_tables(self._buffered))
+            self._buffered = []
 
     def abort(self) -> None:
         if self._writer is not None:

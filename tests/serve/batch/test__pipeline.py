@@ -1,7 +1,7 @@
-"""The Ray Data edge. Without Ray: model/version resolution, input errors and the resource checks (GPU actors on
-a CPU-only cluster). With Ray (marked): one simulated two-node cluster (ray.cluster_utils.Cluster) per module,
-every input format end to end, rejects and --max-rejects, a run killed midway (SIGKILL) and resumed exactly
-once, GPU actors refused on the CPU-only cluster, and the CLI."""
+"""The Ray edge (the actor pool). Without Ray: model/version resolution, input errors and the resource checks
+(GPU actors on a CPU-only cluster). With Ray (marked): one simulated two-node cluster (ray.cluster_utils.Cluster)
+per module, every input format end to end, rejects and --max-rejects, a run killed midway (SIGKILL) and resumed
+exactly once, an actor killed midway and restarted, GPU actors refused on the CPU-only cluster, and the CLI."""
 
 import json
 import os
@@ -16,7 +16,13 @@ import pytest
 
 from optiserve.errors import UserError
 from serve.batch import BatchConfig, BatchSummary, run_batch
-from serve.batch._pipeline import KILL_AFTER_ROWS_ENV, check_resources, resolve_version
+from serve.batch._pipeline import (
+    KILL_ACTOR_AFTER_ROWS_ENV,
+    KILL_AFTER_ROWS_ENV,
+    KILLED_ONCE,
+    check_resources,
+    resolve_version,
+)
 
 CPU_ONLY = {"nodes": 2, "cpus": 3, "gpus": 0, "max_node_cpus": 2, "max_node_gpus": 0, "node_cpus": [2, 1],
             "node_gpus": [0, 0], "free_cpus": 3, "free_gpus": 0}
@@ -170,7 +176,7 @@ def test_every_input_format_once(cluster, batch_repo, tmp_path, monkeypatch):
     Path(tsv).write_text(Path(tsv).read_text().replace(",", "\t"))
     monkeypatch.setattr("serve.batch._plan.PART_ROWS", 150)  # the Parquet file (3 x 100 rows) as 2 shards
     lines = []
-    summary = run_batch(_config(repo, [tmp_path / "data"], tmp_path / "out"), log=lines.append)
+    summary = run_batch(_config(repo, [tmp_path / "data"], tmp_path / "out", progress=True), log=lines.append)
     assert summary.complete and summary.shards == summary.shards_written == 6
     assert summary.rows == summary.output_rows == 1500 and summary.rejected == 0
     assert summary.cluster["nodes"] == 2
@@ -238,6 +244,18 @@ def test_killed_midway_then_resumed_exactly_once(cluster, batch_repo, tmp_path):
     assert summary.rows == summary.output_rows == 1500
     table = _check_exact(tmp_path / "out", expected, w, b)
     assert sorted(table.column("id").to_pylist()) == list(range(1500))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_an_actor_killed_midway_is_restarted_and_its_file_redone(cluster, batch_repo, tmp_path, monkeypatch):
+    repo, w, b = batch_repo
+    expected = _data(tmp_path / "data", [".parquet", ".csv", ".parquet"], n=250)
+    monkeypatch.setenv(KILL_ACTOR_AFTER_ROWS_ENV, "400")  # the only actor dies inside the second file, once
+    summary = run_batch(_config(repo, [tmp_path / "data"], tmp_path / "out", max_actors=1, batch_size=50))
+    assert (tmp_path / "out" / KILLED_ONCE).exists()
+    assert summary.complete and summary.shards_written == 3 and summary.rows == summary.output_rows == 750
+    _check_exact(tmp_path / "out", expected, w, b)
 
 
 @pytest.mark.ray
