@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_batch(sub) -> None:
-    batch = _command(sub, "batch", "score data files with a published model on Ray Data (resumable)", (
+    batch = _command(sub, "batch", "score data files with a published model on Ray actors (resumable)", (
         "  modelserve batch --repository build/repo --model mlp --input data/ --output build/scores\n"
         "  modelserve batch --repository build/repo --model mlp --version 2 --input a.parquet b.csv \\\n"
         "      --output build/scores --key-columns id --max-actors 4 --threads-per-actor 2 --nan zero\n"
@@ -119,7 +119,7 @@ def _add_batch(sub) -> None:
                        help="rows with NaN/inf inputs: reject them (default), replace by 0, or feed as they are")
     batch.add_argument("--max-rejects", type=int, default=1000, help="fail the run past this many rejected rows")
     batch.add_argument("--address", help="Ray cluster to run on (default: RAY_ADDRESS, else a local Ray)")
-    batch.add_argument("--no-progress", action="store_true", help="no progress bars")
+    batch.add_argument("--no-progress", action="store_true", help="no line per committed shard")
     batch.add_argument("--json", action="store_true", help="print the summary as JSON")
     batch.set_defaults(func=_batch)
 

@@ -1,9 +1,9 @@
-"""Batch inference: a published model over whole data sets with Ray Data (`modelserve batch`).
+"""Batch inference: a published model over whole data sets on a pool of Ray actors (`modelserve batch`).
 
 Every input file is one shard and maps to one output shard, written atomically with a completion marker, so
 a rerun after a crash or cancel skips complete shards and redoes partial ones; every input row ends up as
 exactly one row of the output shards or of the rejects. The pure parts (`config`, `summary`, `_plan`,
-`_predict`, `_shards`) import no Ray; `_pipeline` is the Ray Data edge.
+`_predict`, `_shards`) import no Ray; `_pipeline` is the Ray edge.
 """
 
 from serve.batch.config import NAN_POLICIES, BatchConfig

@@ -277,7 +277,7 @@ def _stream(config: BatchConfig, binding: Binding, version: str, model_sha256: s
     more files and an actor that cannot be placed takes none."""
     import ray
 
-    pending = list(the_plan.pending)
+    pending, total = list(the_plan.pending), len(the_plan.pending)
     rejected = sum(m.rejected for _, m in the_plan.complete)
     reasons = [r for _, m in the_plan.complete for r in m.reasons]
     # an actor killed midway (a node lost, out of memory) is restarted and its file scored again from the start
@@ -301,7 +301,7 @@ def _stream(config: BatchConfig, binding: Binding, version: str, model_sha256: s
                 marker = Marker(**json.loads(result))
                 done, rows = done + 1, rows + marker.rows
                 if config.progress:
-                    log(f"batch: shard {done}/{len(pending)} done: {marker.rows:,} rows, {marker.rejected} rejected "
+                    log(f"batch: shard {done}/{total} done: {marker.rows:,} rows, {marker.rejected} rejected "
                         f"({Path(marker.input).name}); {rows / (time.monotonic() - started):,.0f} rows/s so far")
                 rejected += marker.rejected
                 reasons += marker.reasons

@@ -1,6 +1,6 @@
 """The per-batch predict function: columns in, model outputs and reject reasons out. Pure (numpy, pyarrow).
 
-`predict_batch(batch, binding, run)` takes one batch as Ray Data hands it over (column name -> numpy array,
+`predict_batch(batch, binding, run)` takes one batch as `_read` yields it (column name -> numpy array,
 with the file each row came from in `path`), picks the model's inputs out of it (`bind_rows`), checks every
 row (shape, NaN policy), runs the model on the good rows only and returns one pyarrow table with exactly one
 row per input row: `source`, the key columns, the outputs (plus `probabilities` and `prediction` for a
@@ -17,7 +17,7 @@ import numpy as np
 
 from optiserve.errors import UserError
 
-PATH = "path"  # the column Ray Data's include_paths adds
+PATH = "path"  # the file each row came from, added by _read
 REJECT = "_reject"
 SOURCE = "source"
 ROW = "row"

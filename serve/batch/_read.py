@@ -1,7 +1,7 @@
 """Reading one input shard as a stream of column batches. Pure (pyarrow and numpy; no Ray).
 
 `read_batches(file, rows)` yields `{column: numpy array}` of at most `rows` rows, in file order, each with the
-file's path in `path` (as Ray Data's `include_paths` would), so `predict_batch` sees the same batches whatever
+file's path in `path`, so `predict_batch` sees the same batches whatever
 the format. Parquet is read by record batch (only the shard's row groups) and CSV by block: bounded memory
 however large the file. An .npy is memory-mapped; an .npz is loaded whole (a zip member cannot be streamed).
 """

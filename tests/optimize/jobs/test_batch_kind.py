@@ -66,7 +66,7 @@ def env(tmp_path_factory):
         try:
             service = JobService(watcher=False)
             params = {"repository": str(root / "repo"), "model": "lin", "key_columns": "id", "max_actors": 1,
-                      "batch_size": 64, "no_progress": True}
+                      "batch_size": 64}
             service.create_job("score", data, Recipe("batch", params, kind="batch"), max_runtime_s=600)
             service.create_job("score-fixed", data, Recipe("batch", {**params, "output": str(root / "scores")},
                                                            kind="batch"), max_runtime_s=600)

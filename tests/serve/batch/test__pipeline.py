@@ -182,7 +182,8 @@ def test_every_input_format_once(cluster, batch_repo, tmp_path, monkeypatch):
     assert summary.cluster["nodes"] == 2
     assert BatchSummary.from_json((tmp_path / "out" / "summary.json").read_text()) == summary
     table = _check_exact(tmp_path / "out", expected, w, b)
-    assert sum(1 for line in lines if "done:" in line) == 6  # progress, one line per shard
+    assert [line.split(" done:")[0] for line in lines if "done:" in line] == [
+        f"batch: shard {i}/6" for i in range(1, 7)]  # progress, one line per shard
     npy = table.filter(pa.compute.ends_with(table.column("source"), ".npy"))
     assert npy.num_rows == 300 and npy.column("id").null_count == 300  # .npy files carry no key columns
     again = run_batch(_config(repo, [tmp_path / "data"], tmp_path / "out"))  # all complete: nothing to do
