@@ -33,7 +33,7 @@ from serve.batch.summary import SUMMARY_FILE, BatchSummary, build
 KILL_AFTER_ROWS_ENV = "OPTISERVE_BATCH_KILL_AFTER_ROWS"  # fault injection for tests: SIGKILL the run after N rows
 KILL_ACTOR_AFTER_ROWS_ENV = "OPTISERVE_BATCH_KILL_ACTOR_AFTER_ROWS"  # tests: SIGKILL one actor once, after N rows
 KILLED_ONCE = ".actor-killed"  # in the output folder: the actor kill above happened
-RESTARTS = 2  # times an actor that died is restarted (its file redone) before the run fails
+RESTARTS = 2  # actors that die midway are replaced (their file redone) this many times before the run fails
 
 
 def resolve_version(repository: Path, model: str, version: str | None) -> str:
@@ -280,9 +280,7 @@ def _stream(config: BatchConfig, binding: Binding, version: str, model_sha256: s
     pending, total = list(the_plan.pending), len(the_plan.pending)
     rejected = sum(m.rejected for _, m in the_plan.complete)
     reasons = [r for _, m in the_plan.complete for r in m.reasons]
-    # an actor killed midway (a node lost, out of memory) is restarted and its file scored again from the start
-    scorer = ray.remote(_ShardScorer).options(num_cpus=pool[2], num_gpus=config.gpus_per_actor or 0,
-                                              max_restarts=RESTARTS, max_task_retries=RESTARTS)
+    scorer = ray.remote(_ShardScorer).options(num_cpus=pool[2], num_gpus=config.gpus_per_actor or 0)
     kwargs = {"repository": str(Path(config.repository).resolve()), "model": config.model, "version": version,
               "device": config.device, "threads": pool[2], "binding": binding,
               "out": str(Path(config.output).resolve()), "model_sha256": model_sha256,
@@ -290,13 +288,25 @@ def _stream(config: BatchConfig, binding: Binding, version: str, model_sha256: s
               "kill_after_rows": int(os.environ.get(KILL_AFTER_ROWS_ENV, "0") or 0), "kill_pid": os.getpid(),
               "kill_actor_after_rows": int(os.environ.get(KILL_ACTOR_AFTER_ROWS_ENV, "0") or 0)}
     actors = [scorer.remote(**kwargs) for _ in range(min(pool[1], len(pending)))]
-    waiting = {actor.ready.remote(): actor for actor in actors}  # ref -> actor: ready, or done with a file
-    started, rows, done = time.monotonic(), 0, 0
+    waiting = {actor.ready.remote(): (actor, None) for actor in actors}  # ref -> (actor, the file it scores)
+    started, rows, done, restarts = time.monotonic(), 0, 0, 0
     try:
         while waiting:
             [ref], _ = ray.wait(list(waiting), num_returns=1)
-            actor = waiting.pop(ref)
-            result = ray.get(ref)
+            actor, file = waiting.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                if file is None or restarts == RESTARTS:  # a constructor that fails fails again
+                    raise
+                # the actor died midway (killed, out of memory, its node lost): a new one scores the file again
+                restarts += 1
+                log(f"batch: the actor scoring {Path(file.path).name} died; starting another and scoring the file "
+                    f"again (restart {restarts} of {RESTARTS})")
+                pending.insert(0, file)
+                actors[actors.index(actor)] = actor = scorer.remote(**kwargs)
+                waiting[actor.ready.remote()] = (actor, None)
+                continue
             if result is not None:
                 marker = Marker(**json.loads(result))
                 done, rows = done + 1, rows + marker.rows
@@ -308,7 +318,8 @@ def _stream(config: BatchConfig, binding: Binding, version: str, model_sha256: s
                 if rejected > config.max_rejects:
                     raise too_many_rejects(rejected, config.max_rejects, reasons)
             if pending:
-                waiting[actor.score.remote(json.dumps(asdict(pending.pop(0))))] = actor
+                file = pending.pop(0)
+                waiting[actor.score.remote(json.dumps(asdict(file)))] = (actor, file)
     finally:
         for actor in actors:
             ray.kill(actor)
