@@ -15,12 +15,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import onnx
+from typing import TYPE_CHECKING, Any
 
 from optiserve.errors import UserError
 from optiserve.hashing import sha256_file
+
+if TYPE_CHECKING:  # onnx is imported where a model is read: 0.3 s that verify() and serving replicas skip
+    import onnx
 
 MANIFEST_VERSION = 1
 MODEL_FILE = "model.onnx"
@@ -28,11 +29,10 @@ MANIFEST_FILE = "manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VERSION = re.compile(r"^[1-9][0-9]{0,8}$")
 
-# ONNX element type -> Open Inference Protocol (KServe v2) datatype.
+# ONNX element type (onnx.TensorProto's name) -> Open Inference Protocol (KServe v2) datatype.
 _KSERVE_DTYPES = {
-    onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.FLOAT16: "FP16", onnx.TensorProto.DOUBLE: "FP64",
-    onnx.TensorProto.INT8: "INT8", onnx.TensorProto.INT16: "INT16", onnx.TensorProto.INT32: "INT32",
-    onnx.TensorProto.INT64: "INT64", onnx.TensorProto.UINT8: "UINT8", onnx.TensorProto.BOOL: "BOOL",
+    "FLOAT": "FP32", "FLOAT16": "FP16", "DOUBLE": "FP64", "INT8": "INT8", "INT16": "INT16", "INT32": "INT32",
+    "INT64": "INT64", "UINT8": "UINT8", "BOOL": "BOOL",
 }
 
 
@@ -82,12 +82,15 @@ def check_version(version: str) -> str:
 
 def tensor_specs(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Input and output specs of an ONNX graph; symbolic or missing dims become -1."""
+    import onnx
+
     initializers = {init.name for init in model.graph.initializer}
+    kserve = {getattr(onnx.TensorProto, k): v for k, v in _KSERVE_DTYPES.items()}
 
     def spec(value: onnx.ValueInfoProto) -> TensorSpec:
         ttype = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in ttype.shape.dim]
-        return TensorSpec(value.name, _KSERVE_DTYPES.get(ttype.elem_type, "BYTES"), dims)
+        return TensorSpec(value.name, kserve.get(ttype.elem_type, "BYTES"), dims)
 
     inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
     return inputs, [spec(v) for v in model.graph.output]
@@ -138,6 +141,8 @@ def publish(
     report: dict[str, Any] | None = None, version: str | None = None,
 ) -> Manifest:
     """Copy an ONNX model into REPO/NAME/<next version>/ with its manifest; returns the manifest."""
+    import onnx
+
     check_name(name)
     try:
         model = onnx.load(str(model_path), load_external_data=False)
