@@ -33,25 +33,9 @@ before the new replica is ready misses the objective, and no later scaling can w
   never shorter than `burst_gap_factor` x the longest gap seen, capped at `memory_s`. Smooth traffic (no
   fast rises) keeps a short hold and pays little; bursty traffic keeps its peak capacity, because
   releasing it loses the SLO.
-- periodic bursts (`periodic`, `anticipation`): when the burst onsets recur on a clock (at least four, the
-  latest gaps' coefficient of variation at most `periodic_max_cv`), holding the peak through every lull
-  pays for capacity the clock says is not needed. Then a burst's need is held apart from the steady
-  recommendations and released `periodic_hold_starts` starts after the burst ends (the rate back under
-  what was held before it), at once rather than in steps; the lull's steady need ignores the burst's
-  samples. The next burst's need (the highest of the latest bursts) is asked a start plus the metrics lag
-  plus `periodic_jitter_k` x the gaps' standard deviation (its upper confidence bound, since few gaps
-  understate it; at least one push) before the rise is expected, and held until that burst has come and
-  gone. A rise that comes the same margin plus the lag late is overdue: what was asked falls back into
-  the hold window, and the recurring hold keeps it. An early rise is reacted to as ever and, if it
-  breaks the clock, brings back the recurring hold. Irregular bursts (mmpp, heavy-tailed) never pass
-  the test; a clock costs two scaling actions per burst (up ahead of it, down after it). The onsets are
-  the fast rises and the jumps the held capacity absorbs (`onset_level`: the rate past `onset_ratio` x
-  the lull's low and a replica's capacity above it, confirmed as a rise is): a burst the lull's steady
-  need (or what is asked ahead) already covers is no fast rise, yet it still marks the clock; with rises
-  alone, such bursts never showed a period and their capacity was held through every lull (issue 14's
-  live run, 4 -> 40 req/s at 15 req/s per replica: 4 replicas for 10 minutes). A clock learned while a
-  burst is under way keeps what was asked for that burst until it ends (its onset may come a push before
-  its rise, when the rate seen so far needs less than the capacity held for it).
+- periodic bursts: when the burst onsets recur on a clock, a burst's capacity is asked a start ahead of
+  it and released a short hold after it instead of held through every lull (`_burst_clock`: the onsets,
+  the test for a clock, the anticipation and the burst hold; this policy feeds it and obeys it);
 - the first burst of a kind cannot be served: no policy without foresight has capacity for a burst that
   rises faster than a replica starts plus the metrics lag (see `bound.references`); this policy makes
   sure it is the only one.
@@ -60,15 +44,13 @@ Settings measured and left out (4.43 s start, seven trace families): standing he
 the start time (`headroom_per_start` 0.05-0.1/s) costs 29-38 % more replica-seconds on step and spike and does not lift
 spike (it raises the capacity a rise must pass to be seen); projecting the first push of any significant
 jump (before a rise is confirmed) gains 0.03 points on spike and flaps on bursty (179 actions); so neither.
-Periodic anticipation, tried and left out: three rises (two gaps) as enough to call a clock (two
-exponential gaps agree within CV 0.1 7 % of the time, three 0.8 %; with bursts at exponential gaps, a
-clock judged on the latest two gaps misfired and lost up to 1.5 points); the gaps' plain standard
-deviation as the jitter (120 +- 8 s bursts arrived up to 12 s early after three gaps that agreed within
-2 s: 98.5 %);
 `rise_hold_starts` below 150 (100 reaches 1.29x the fair bound on spike, but loses 0.27-0.85 points on
-three of seven other mmpp draws, e.g. trace seed 6: 99.23 -> 98.38 %).
+three of seven other mmpp draws, e.g. trace seed 6: 99.23 -> 98.38 %). (For the clock's: `_burst_clock`.)
 
-Pure: `(Observation, AdaptiveConfig, state) -> (replicas, state)`; the state is a JSON-able dict.
+Pure: `(Observation, AdaptiveConfig, state) -> (replicas, state)`; the state is a JSON-able dict (the
+clock's keys beside the policy's). The arrival rate must be a recent one (as the simulator's: Ray's
+look-back average of per-push rates): a rate already averaged over a burst's length ramps up too slowly
+for a burst's onset to be seen, and the clock is never learned.
 """
 
 from __future__ import annotations
@@ -78,6 +60,7 @@ from dataclasses import dataclass
 
 from optiserve.errors import UserError
 
+from . import _burst_clock as burst_clock
 from ._base import Observation
 from .slo import SloPolicyConfig, burst_need, steady_need
 
@@ -98,13 +81,13 @@ class AdaptiveConfig(SloPolicyConfig):
     downscale_step_s: float = 10.0  # at most one scale-down step per this many seconds ...
     downscale_fraction: float = 0.5  # ... removing at most this share of the surplus (at least one)
     look_back_period_s: float = 4.0
-    # Periodic bursts (see `periodic`): anticipated instead of held through the lulls.
+    # Periodic bursts (see `_burst_clock`): anticipated instead of held through the lulls.
     periodic_min_gaps: int = 3  # at least this many gaps between fast rises (4 rises) ...
     periodic_gaps: int = 8  # ... judged over the latest this many gaps ...
     periodic_max_cv: float = 0.1  # ... whose coefficient of variation is at most this
     periodic_jitter_k: float = 3.0  # asked this many standard deviations of the gap early (at least one push)
     periodic_hold_starts: float = 1.0  # a periodic burst's capacity is kept this many starts after it ends
-    onset_ratio: float = 2.0  # a burst onset (the clock's marks, see `onset_level`): at least this x the lull's rate
+    onset_ratio: float = 2.0  # a burst onset (the clock's marks, see `_burst_clock.onset_level`): >= this x the lull
 
     def validate(self) -> None:
         super().validate()
@@ -150,61 +133,6 @@ def recurring_hold(cfg: AdaptiveConfig, start_s: float, rises: list, peaks: list
     return max(poisson, cfg.burst_gap_factor * max(gaps))
 
 
-def periodic(cfg: AdaptiveConfig, onsets: list) -> tuple[float, float] | None:
-    """(period, its standard deviation) when the burst onsets (fast rises included) recur on a clock, else None.
-
-    Periodic: at least `periodic_min_gaps` gaps between onsets (so at least four: two gaps agree by
-    chance too often, mmpp shows 64 s then 68 s), and over the latest `periodic_gaps` of them the
-    coefficient of variation is at most `periodic_max_cv`. A rise is stamped at the push that confirms it,
-    so even a clock-exact burst shows a jitter of a push or so; irregular bursts (Markov-modulated,
-    heavy-tailed) have gap CVs near 1.
-    """
-    gaps = [b - a for a, b in zip(onsets, onsets[1:], strict=False)][-cfg.periodic_gaps:]
-    if len(gaps) < cfg.periodic_min_gaps:
-        return None
-    mean = sum(gaps) / len(gaps)
-    std = math.sqrt(sum((g - mean) ** 2 for g in gaps) / (len(gaps) - 1))
-    if not (mean > 0 and std <= cfg.periodic_max_cv * mean):
-        return None
-    # A few gaps understate the jitter (3 gaps drawn with a 4 s spread often agree within 2 s): use the
-    # standard deviation's 90 % upper confidence bound, s sqrt(v / chi2_0.10(v)), v = gaps - 1, with the
-    # Wilson-Hilferty approximation of the chi-square quantile (within 7 % of it from v = 2).
-    v = len(gaps) - 1
-    chi2 = v * (1.0 - 2.0 / (9.0 * v) - 1.2816 * math.sqrt(2.0 / (9.0 * v))) ** 3
-    return mean, std * math.sqrt(v / chi2)
-
-
-def anticipation(cfg: AdaptiveConfig, start_s: float, onsets: list) -> tuple[float, float] | None:
-    """(ask_s, give_up_s): when to ask for the next periodic burst's capacity, and when to stop expecting it.
-
-    The next onset is expected a period after the last (onsets are stamped when confirmed, up to the metrics
-    lag `rise_lag_s` after the burst begins), so the capacity is asked a start plus the metrics lag plus a
-    margin before that: the margin is `periodic_jitter_k` standard deviations of the period, at least one
-    push (`bucket_s`). A rise that is not seen by the same margin plus the metrics lag after the expected
-    one is late: the pattern is broken and the policy falls back to `recurring_hold`.
-    """
-    per = periodic(cfg, onsets)
-    if per is None:
-        return None
-    period, std = per
-    margin = max(cfg.periodic_jitter_k * std, cfg.bucket_s)
-    expected = onsets[-1] + period
-    return expected - start_s - cfg.rise_lag_s - margin, expected + cfg.rise_lag_s + margin
-
-
-def onset_level(cfg: AdaptiveConfig, low_rps: float) -> float:
-    """The rate a burst onset must pass: `onset_ratio` x the lull's low and one replica's capacity above it.
-
-    A fast rise is measured against the capacity held, so a burst the held capacity absorbs is not one
-    (with a small base rate the steady need alone may cover it: Erlang C keeps 3 replicas of 15 req/s for
-    4 req/s at a 100 ms objective and 67 ms service, 45 req/s, above 40 req/s bursts). The periodic clock
-    needs every burst's start, absorbed or not, so it is marked by the jump of the rate itself: well above
-    the lull (a ratio, so noise on a base does not pass it) and by more than a replica (so a jump between
-    two small rates does not either).
-    """
-    return max(cfg.onset_ratio * low_rps, low_rps + (cfg.capacity_rps_per_replica or 1.0))
-
-
 def _need(cfg: AdaptiveConfig, obs: Observation, rate: float, headroom: float) -> int:
     if cfg.capacity_rps_per_replica is None:  # no capacity model: ongoing requests / 2 per replica
         return math.ceil(obs.ongoing_requests * (1.0 + headroom) / cfg.fallback_ongoing_per_replica - 1e-9)
@@ -243,39 +171,16 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
     # ... or at once when the fleet already queues (more than one request waiting per ready replica): noise
     # does not build a queue at the steady need, a burst does, and each push waited costs a push of backlog.
     queueing = obs.queued_requests > max(obs.current_replicas, 1)
-    burst = state.get("burst")  # [level_rps, since_s, max steady need] of the burst under way, or None
-    needs = list(state.get("burst_needs", []))  # the steady need each finished burst reached
-    # Burst onsets, the periodic clock's marks: every fast rise, and a jump past `onset_level` confirmed the
-    # same way (it also starts a burst, over once the rate falls back under that level).
-    onsets = [o for o in state.get("onsets", []) if t - o < cfg.memory_s]
-    level = onset_level(cfg, low)
-    fresh_onset = not onsets or t - onsets[-1] > look
-    onset_pending = state.get("onset_pending")
-    if above and (queueing or (pending is not None and t - pending[0] >= cfg.bucket_s - 1e-9)):
+    confirmed = above and (queueing or (pending is not None and t - pending[0] >= cfg.bucket_s - 1e-9))
+    if confirmed:
         rises.append(t)
         pending = None
-        # a rise within an onset's look continues the burst that onset started (its need so far kept)
-        onset_burst = burst is not None and bool(onsets) and burst[1] == onsets[-1] and not fresh_onset
-        if burst is not None and not onset_burst:
-            needs.append(burst[2])
-        burst = [held_then, t, burst[2] if onset_burst else 0]  # over once the rate is back under what was
-        # held before it
-        if fresh_onset:
-            onsets.append(t)
-        onset_pending = None
     else:
         pending = (pending or [t, rate]) if above else None
-        jump = cfg.capacity_rps_per_replica is not None and rate > level and fresh_onset
-        if jump and onset_pending is not None and (queueing or t - onset_pending >= cfg.bucket_s - 1e-9):
-            onsets.append(t)
-            onset_pending = None
-            if burst is not None:
-                needs.append(burst[2])
-            burst = [level, t, 0]
-        elif jump:
-            onset_pending = onset_pending if onset_pending is not None else t
-        else:
-            onset_pending = None
+    # The burst clock's onsets: every fast rise (its burst over once the rate is back under what was held
+    # before it), and the jumps the held capacity absorbs.
+    clock = burst_clock.mark(burst_clock.BurstClock.from_state(state), cfg, t, rate, low, look, queueing,
+                             held_then if confirmed else None)
 
     # Highest measured rate per minute over the memory: the size recurring bursts have shown.
     # ([minute start, max, sum, n]: also the mean rate over the memory, for the miss budget.)
@@ -287,9 +192,8 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
         peaks.append([t, obs.arrival_rate_rps, obs.arrival_rate_rps, 1])
     # Periodic bursts: anticipated (asked a start ahead of the next one, released a short hold after each)
     # while the next is not overdue; otherwise (or once overdue) the holds below keep the burst capacity.
-    ant = anticipation(cfg, start_s, onsets)
-    active = ant is not None and t <= ant[1]
-    anticipating = active and t >= ant[0]
+    phase = burst_clock.phase(clock, cfg, t, start_s)
+    active = phase.active
     hold_s = max(cfg.min_hold_s, cfg.hold_starts * start_s) if active else _hold_window(cfg, start_s, rises, t, peaks)
     ready = obs.current_replicas
     cur = state.get("cur", [t, obs.arrival_rate_rps])
@@ -300,7 +204,7 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
     rising = bool(rises) and t - rises[-1] <= look
     # What the hold window keeps: the need of the mean rate over rate_window_s (noise does not ratchet the
     # windowed maximum up), or of the latest rate when it jumped above that mean by jump_tolerance.
-    settled = state.get("settled_s", -1e18) if active else -1e18  # a periodic burst's samples are not the lull's
+    settled = burst_clock.lull_start(clock, phase)  # a periodic burst's samples are not the lull's
     recent = [h for h in hist if t - h[0] < cfg.rate_window_s and h[0] >= settled]
     mean = sum(h[3] for h in recent) / max(sum(h[4] for h in recent), 1)
     steady = _need(cfg, obs, rate if rate > mean * (1.0 + cfg.jump_tolerance) else mean, headroom)
@@ -323,35 +227,21 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
     elif panic_until is not None and t >= panic_until:
         panic_until = None
 
-    if burst is not None:
-        burst[2] = max(burst[2], steady)
-        if obs.arrival_rate_rps < burst[0]:  # over; the look-back still averages it in for a while
-            needs.append(burst[2])
-            state = {**state, "settled_s": t + cfg.look_back_period_s}
-            burst = None
-    needs = needs[-(cfg.periodic_gaps + 1):]
+    clock = burst_clock.track(clock, cfg, t, obs.arrival_rate_rps, steady)
 
     # Scale-down stabilisation: the highest steady need over the hold window (HPA); scale-up is immediate.
     recs = [list(r) for r in state.get("recs", []) if t - r[0] < hold_s]
     # A periodic burst's need (and what is asked ahead of it) is held apart, until a short hold after it.
-    bhold = state.get("bhold")  # [until_s, need]
-    if active and (burst is not None or anticipating or (bhold is not None and t < bhold[0])):
-        short = max(cfg.periodic_hold_starts * start_s, cfg.look_back_period_s)
-        if bhold is None and burst is not None:  # the clock learned (or an early burst) mid-burst: what was
-            bhold = [t, obs.target_replicas]  # asked for it is kept until it ends (not the steady need so far)
-        # what the latest bursts needed (or, before one has ended, the need of the highest rate seen)
-        expect = max(needs or [_need(cfg, obs, max(p[1] for p in peaks), headroom)]) if anticipating else 0
-        until = t + short if burst is not None or anticipating else bhold[0]
-        bhold, steady = [until, max(bhold[1] if bhold else 0, steady, expect)], 0
-    elif bhold is not None:
-        if not active:  # overdue (or no longer periodic): the held need falls back to the hold window
-            recs.append([t, bhold[1]])
-        bhold = None
+    peak_need = lambda: _need(cfg, obs, max(p[1] for p in peaks), headroom)  # noqa: E731
+    clock, steady, fallback = burst_clock.hold(clock, cfg, t, start_s, phase, steady, obs.target_replicas,
+                                               peak_need)
+    if fallback is not None:
+        recs.append([t, fallback])
     if recs and t - recs[-1][0] < cfg.bucket_s:
         recs[-1][1] = max(recs[-1][1], steady)
     else:
         recs.append([t, steady])
-    want = max(max(r for _, r in recs), need_panic, bhold[1] if bhold else 0)
+    want = max(max(r for _, r in recs), need_panic, burst_clock.held_need(clock))
 
     target = obs.target_replicas
     last_down = state.get("last_down_s")
@@ -367,7 +257,5 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
     desired = obs.clamp(want)
     return desired, {**panic_state, "prev": prev, "cur": cur, "hist": hist, "rises": rises, "recs": recs,
                      "peaks": peaks, "rise_pending": pending, "panic_until_s": panic_until, "last_down_s": last_down,
-                     "hold_s": hold_s, "key": key, "eval_s": t, "desired": desired, "burst": burst,
-                     "burst_needs": needs, "bhold": bhold, "onsets": onsets, "onset_pending": onset_pending,
-                     "settled_s": state.get("settled_s"),
+                     "hold_s": hold_s, "key": key, "eval_s": t, "desired": desired, **clock.to_state(),
                      "periodic": active}

@@ -7,8 +7,7 @@ import random
 import pytest
 
 from autoscale.policies import DEFAULT_POLICY, Observation, adaptive_policy, load_policy_config
-from autoscale.policies.adaptive import anticipation, onset_level, periodic, recurring_hold
-from optiserve.errors import UserError
+from autoscale.policies.adaptive import recurring_hold
 
 CAP = 60.0  # requests/s one replica serves within the objective
 
@@ -159,46 +158,7 @@ def test_holds_a_recurring_bursts_capacity_through_a_lull_longer_than_any_seen()
     assert changes <= 20, changes  # never flaps
 
 
-# Periodic bursts: anticipated instead of held.
-
-def test_periodic_needs_four_rises_on_a_clock():
-    cfg = _cfg()
-    assert periodic(cfg, [0.0, 120.0, 240.0]) is None  # two gaps agree by chance too often
-    assert periodic(cfg, [0.0, 120.0, 240.0, 360.0]) == (120.0, 0.0)
-    assert periodic(cfg, [0.0, 118.0, 242.0, 360.0, 479.0]) is not None  # a few seconds of jitter
-    # mmpp's fast rises (its default trace, seed 0): 64 s then 68 s agree, the four latest gaps do not
-    mmpp = [2390.0, 3040.0, 3090.0, 3110.0, 3174.0, 3242.0]
-    assert periodic(cfg, mmpp) is None
-    assert periodic(cfg, [0.0, 180.0, 270.0, 500.0, 640.0]) is None  # CV 0.4
-
-
-def test_periodic_jitter_is_an_upper_bound_that_tightens_with_more_gaps():
-    cfg = _cfg()
-    few = [0.0, 118.0, 240.0, 360.0]  # gaps 118, 122, 120: sample standard deviation 2
-    many = [0.0, 118.0, 240.0, 358.0, 480.0, 598.0, 720.0, 838.0, 960.0]  # 118, 122 alternating
-    (p_few, s_few), (p_many, s_many) = periodic(cfg, few), periodic(cfg, many)
-    assert p_few == pytest.approx(120.0) and p_many == pytest.approx(120.0)
-    sample_many = math.sqrt(8 * 4.0 / 7)  # the sample standard deviation of the eight gaps
-    assert s_few > 2 * 2.0  # three gaps: the bound is more than twice what they show
-    assert sample_many < s_many < 1.6 * sample_many  # eight: closer to it
-    # only the latest periodic_gaps gaps count: an old irregular gap drops out
-    assert periodic(cfg, [0.0, 400.0] + [400.0 + 120.0 * k for k in range(1, 9)]) == (120.0, 0.0)
-
-
-def test_anticipation_asks_a_start_plus_the_metrics_lag_and_a_margin_ahead():
-    cfg = _cfg()
-    ask, give_up = anticipation(cfg, 4.0, [0.0, 120.0, 240.0, 360.0])
-    # expected rise at 480 s; margin: one push (no jitter seen); metrics lag rise_lag_s = 6 s
-    assert ask == pytest.approx(480.0 - 4.0 - 6.0 - 2.0)
-    assert give_up == pytest.approx(480.0 + 6.0 + 2.0)
-    slow_ask, _ = anticipation(cfg, 10.0, [0.0, 120.0, 240.0, 360.0])
-    assert slow_ask == pytest.approx(ask - 6.0)  # a slower start asks earlier
-    jit_ask, jit_give_up = anticipation(cfg, 4.0, [0.0, 118.0, 240.0, 360.0])
-    _, std = periodic(cfg, [0.0, 118.0, 240.0, 360.0])
-    assert jit_ask == pytest.approx(480.0 - 4.0 - 6.0 - 3.0 * std)  # periodic_jitter_k = 3 deviations
-    assert jit_give_up == pytest.approx(480.0 + 6.0 + 3.0 * std)
-    assert anticipation(cfg, 4.0, [0.0, 180.0, 270.0, 500.0]) is None
-
+# Periodic bursts: anticipated instead of held (the clock itself: test__burst_clock.py).
 
 PERIOD, ON, START = 120, 30, 4.0
 
@@ -254,15 +214,6 @@ def test_an_early_burst_breaks_the_clock():
 
 # Burst onsets: the periodic clock's marks, also when the capacity held absorbs a burst (no fast rise).
 
-def test_onset_level_is_a_ratio_of_the_lull_and_more_than_a_replica_above_it():
-    cfg = _cfg()
-    assert onset_level(cfg, 100.0) == pytest.approx(200.0)  # onset_ratio 2 x the lull
-    assert onset_level(cfg, 4.0) == pytest.approx(4.0 + CAP)  # a small lull: one replica's capacity above it
-    assert onset_level(_cfg(onset_ratio=3.0), 100.0) == pytest.approx(300.0)
-    with pytest.raises(UserError):
-        _cfg(onset_ratio=1.0)
-
-
 def test_an_onset_is_confirmed_on_the_next_observation_or_at_once_by_a_queue():
     rates = [20.0] * 60 + [200.0] * 2
     _, one = _drive(rates)
@@ -316,3 +267,52 @@ def test_a_clock_learned_mid_burst_keeps_what_was_asked_for_that_burst():
     assert state["onsets"][3] == fourth + 2 and state["rises"][3] > fourth + 2  # the onset comes first
     assert state["periodic"]
     assert min(out[fourth: fourth + 30]) == max(out[fourth - 10: fourth]) == 5
+
+
+def _ray_like(demand, duration_s, window_s, cfg, start_s, max_r, t0=1_796_164_770.0):
+    """Drive the policy as Ray Serve does: 0.1 s control ticks on the epoch clock (`ctx.current_time` is
+    time.time()), each replica's arrival rate (requests over its last `window_s`) recorded every 0.8 s and
+    pushed every 2 s, the controller averaging the samples of the last look-back (4 s); the state is passed
+    back as Ray's policy_state. Replicas serve `start_s` after they are asked for."""
+    fluid = lambda t: sum(demand(t - window_s * (k + 0.5) / 40) for k in range(40)) / 40  # noqa: E731
+    samples, state, target, asked, out = [], {}, 1, [], []
+    for k in range(int(duration_s / 0.1)):
+        t = k * 0.1
+        if k % 8 == 0:
+            samples.append((t, fluid(t)))
+        push = math.floor(t / 2.0 + 1e-9) * 2.0
+        seen = [r for ts, r in samples if push - cfg.look_back_period_s - 1e-9 < ts <= push + 1e-9]
+        ready = max([n for ts, n in asked if t - ts >= start_s] + [1])
+        obs = Observation(t0 + t, min(ready, target), target, 0.0, 0.0, sum(seen) / len(seen),
+                          replica_start_s=start_s, min_replicas=1, max_replicas=max_r)
+        target, state = adaptive_policy(obs, cfg, state)
+        asked.append((t, target))
+        out.append(target)
+    return out, state
+
+
+def test_the_live_bursty_run_learns_the_clock_from_observations_built_as_ray_builds_them():
+    # The live validate of issue 14 (4 -> 40 req/s, 30 s bursts every 90 s, 10 minutes), observed as Ray's
+    # controller sees it. With the arrival rate counted over a push (2 s) the clock is learned from the
+    # onsets and a replica released in the last lulls, as in the simulator. serve/'s replicas counted it
+    # over 30 s (serve/_stats.py RollingStats' window): the rate then climbs 36 req/s over 30 s, never a
+    # replica (15 req/s) within the onset look (start + metrics lag, 9 s), so no onset and no release.
+    cfg = load_policy_config("adaptive", None, capacity_rps_per_replica=SMALL_CAP, slo_p95_ms=100.0)
+    demand = lambda t: 40.0 if t >= 0 and t % 90.0 >= 60.0 else 4.0  # noqa: E731
+    out, state = _ray_like(demand, 600.0, 2.0, cfg, SMALL_START, 4)
+    assert state["periodic"] and not state["rises"]
+    assert [round(o - state["onsets"][0]) for o in state["onsets"]] == [0, 90, 180, 270, 360, 450]
+    downs = [k for k in range(1, len(out)) if out[k] < out[k - 1]]
+    assert len(downs) >= 2 and min(out[3900:]) == 3 and max(out[3900:]) == 4  # released in the lulls
+    assert all(out[int(10 * (60 + 90 * b)) + 5: int(10 * (90 + 90 * b))] == [4] * (300 - 5) for b in range(4, 6))
+
+
+def test_a_staircase_of_bursts_that_never_end_does_not_break_the_lulls_window():
+    # Four onsets on a clock with the burst never over (each step up before the rate falls back): no
+    # burst has ended, so the lull's window has no start yet (settled_s None in the state; a TypeError before).
+    rates = [20.0] * 60
+    for _ in range(6):
+        rates += [rates[-1] * 3 + 60] * 20
+    out, state = _drive(rates, max_r=500)
+    assert state["periodic"] and state["settled_s"] is None and state["burst"] is not None
+    assert out[-1] == max(out)
