@@ -4,12 +4,13 @@ from serve._stats import RollingStats
 
 def test_window_rates_percentiles_and_batch_sizes():
     now = [0.0]
-    stats = RollingStats(window_s=10, clock=lambda: now[0])
+    stats = RollingStats(window_s=10, clock=lambda: now[0], rate_window_s=10)
     for i in range(100):
         stats.arrival()
         stats.latency(float(i + 1))
     stats.batch(4)
     stats.batch(8)
+    now[0] = 10.0  # 100 arrivals over the 10 s rate window
     snap = stats.snapshot(queue_len=3, ongoing=5)
     assert set(snap) == set(m.ALL)
     assert snap[m.ARRIVAL_RATE_RPS] == 10.0 and snap[m.QUEUE_LEN] == 3 and snap[m.ONGOING] == 5
@@ -33,3 +34,23 @@ def test_padding_cost_is_the_share_of_computed_rows_that_were_padding():
     assert stats.snapshot(0, 0)[m.BATCH_SIZE_MEAN] == 16 / 3  # the autoscaler sees request rows, not padding
     now[0] = 10.5  # the first two age out
     assert stats.padding()["padding_fraction"] == 3 / 8
+
+
+def test_the_arrival_rate_is_recent_and_not_diluted_on_a_young_replica():
+    now = [0.0]
+    stats = RollingStats(clock=lambda: now[0])  # latencies over 30 s, the rate over the last second
+    now[0] = 0.5
+    for _ in range(10):
+        stats.arrival()
+    assert stats.snapshot(0, 0)[m.ARRIVAL_RATE_RPS] == 20.0  # 10 requests in the replica's first half second
+    now[0] = 20.0
+    for _ in range(4):  # a lull at 4 req/s ...
+        stats.arrival()
+    stats.latency(5.0)
+    now[0] = 20.9
+    assert stats.snapshot(0, 0)[m.ARRIVAL_RATE_RPS] == 4.0
+    for _ in range(40):  # ... then a burst at 40 req/s: seen within a second, not as a 30 s ramp
+        stats.arrival()
+    now[0] = 21.8
+    snap = stats.snapshot(0, 0)
+    assert snap[m.ARRIVAL_RATE_RPS] == 40.0 and snap[m.LATENCY_P50_MS] == 5.0  # the latency window is still 30 s
