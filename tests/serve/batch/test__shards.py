@@ -106,3 +106,20 @@ def test_merge_rejects_in_input_order(tmp_path):
     assert merge_rejects(out, files) == 2
     lines = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
     assert [x["source"] for x in lines] == [f.path for f in files]
+
+
+def test_shards_are_written_in_large_row_groups_with_dictionaries_for_text_only(tmp_path, monkeypatch):
+    monkeypatch.setattr("serve.batch._shards.ROW_GROUP_ROWS", 100)
+    file = _file(tmp_path)
+    (tmp_path / "shards").mkdir()
+    writer = ShardWriter(tmp_path, file, "sha")
+    for start in (0, 60, 120):  # three model calls of 60 rows: a group once 100 are buffered, the rest at commit
+        writer.write(_rows("a.csv", list(range(start, start + 60))))
+    writer.commit()
+    meta = pq.ParquetFile(shard_paths(tmp_path, file.shard_id)["data"]).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [120, 60]
+    encodings = {meta.row_group(0).column(j).path_in_schema: meta.row_group(0).column(j).encodings
+                 for j in range(meta.num_columns)}
+    assert any("DICTIONARY" in e for e in encodings["source"])
+    assert not any("DICTIONARY" in e for e in encodings["logits"] + encodings["id"])
+    assert pq.read_table(shard_paths(tmp_path, file.shard_id)["data"]).column("id").to_pylist() == list(range(180))
