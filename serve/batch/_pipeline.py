@@ -320,6 +320,8 @@ def _stream(config: BatchConfig, binding: Binding, version: str, model_sha256: s
             if pending:
                 file = pending.pop(0)
                 waiting[actor.score.remote(json.dumps(asdict(file)))] = (actor, file)
+            else:
+                ray.kill(actor)  # nothing left for it: its CPUs go back to the cluster while the others finish
     finally:
         for actor in actors:
             ray.kill(actor)
