@@ -76,6 +76,40 @@ def test_deployment_carries_the_replica_side_flags_in_its_runtime_env():
     assert "runtime_env" not in deployment_options(ModelConfig(), ingress="proxy")["ray_actor_options"]
 
 
+def test_replicas_resolve_the_middleware_hook_as_ray_does():
+    from ray.serve._private.http_util import validate_http_proxy_callback_return
+    from ray.serve._private.utils import call_function_from_import_path
+
+    path = _ingress.LEAN_REPLICA_FLAGS["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]
+    middlewares = validate_http_proxy_callback_return(call_function_from_import_path(path))
+    assert [m.cls for m in middlewares] == [_ingress.NoDisconnectWatch]
+
+
+def _run_middleware(scope):
+    import asyncio
+
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen.update(scope)
+
+    asyncio.run(_ingress.NoDisconnectWatch(app)(scope, None, None))
+    return seen
+
+
+def test_http_requests_are_marked_as_not_needing_the_disconnect_watch():
+    from ray.serve._private.http_util import parse_disconnect_disabled_header
+
+    headers = [(b"content-type", b"application/json")]
+    seen = _run_middleware({"type": "http", "headers": headers})
+    assert parse_disconnect_disabled_header(dict(seen["headers"]))
+    assert headers == [(b"content-type", b"application/json")]  # the server's own list is not changed
+    # a client's own value cannot turn the watch back on: the header added last wins in Ray's dict(headers)
+    seen = _run_middleware({"type": "http", "headers": [(b"x-request-disconnect-disabled", b"?0")]})
+    assert parse_disconnect_disabled_header(dict(seen["headers"]))
+    assert "headers" not in _run_middleware({"type": "lifespan"})
+
+
 def test_serve_deploy_file_carries_the_same_settings(repo):
     from ray.serve.schema import ServeDeploySchema
 
