@@ -150,6 +150,9 @@ class GrpcRouter:
 
     async def __init__(self, models: list[str], token_sha256: str | None, host: str, port: int,
                        max_message_bytes: int) -> None:
+        from serve.app import tune_gc
+
+        tune_gc()  # as in the model replicas: each in-flight call's objects must not trigger collections
         self.models = set(models)
         self.token_sha256 = token_sha256
         self._handles: dict[str, Any] = {}
