@@ -98,8 +98,9 @@ class NoDisconnectWatch:
 
     For every direct-ingress request Ray otherwise starts a task that waits on the connection for a disconnect
     and runs the request in a second task beside it (`asyncio.wait` on both). With the header Ray awaits the app
-    directly: at 64 connections 1,875 -> 2,377 req/s, interleaved with Triton (BENCHMARKS.md). What is lost: a request whose client went away is still scored (a few ms in a batch), as Triton
-    does; the queue bound (503) still limits the work an overload can queue."""
+    directly: at 64 connections 1,875 -> 2,377 req/s, interleaved with Triton (BENCHMARKS.md). What is lost:
+    a request whose client went away is still scored (a few ms in a batch), as Triton does; the queue bound
+    (503) still limits the work an overload can queue."""
 
     def __init__(self, app) -> None:
         self.app = app
