@@ -55,7 +55,7 @@ $BIN/loadtest run --url "http://127.0.0.1:$PORT" --model digits-mlp --repository
 $BIN/modelserve stop
 trap - EXIT
 
-echo "== 7. batch inference: score the held-out digits with the newest version on Ray Data actors (resumable)"
+echo "== 7. batch inference: score the held-out digits with the newest version on a pool of Ray actors (resumable)"
 $BIN/modelserve batch --repository "$OUT/repository" --model digits-mlp --input "$OUT/models/mlp/eval.npz" \
   --output "$OUT/scores" --no-progress
 
