@@ -39,7 +39,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from serve import _grpc
 from serve._http import EXTENSIONS, SERVER_NAME, SERVER_VERSION
-from serve._ingress import LEAN_REPLICA_FLAGS
+from serve._ingress import LEAN_REPLICA_FLAGS, tune_gc
 from serve._messages import InferError
 
 GRPC_APP = "optiserve-grpc"  # not "optiserve.<x>": that prefix names model applications
@@ -150,8 +150,6 @@ class GrpcRouter:
 
     async def __init__(self, models: list[str], token_sha256: str | None, host: str, port: int,
                        max_message_bytes: int) -> None:
-        from serve.app import tune_gc
-
         tune_gc()  # as in the model replicas: each in-flight call's objects must not trigger collections
         self.models = set(models)
         self.token_sha256 = token_sha256

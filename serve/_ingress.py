@@ -20,6 +20,7 @@ cluster gets its own folder and free ports. Pure: no Ray import, unit-tested.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from collections.abc import Callable, Mapping
@@ -116,6 +117,21 @@ def replica_http_middlewares() -> list:
     from starlette.middleware import Middleware
 
     return [Middleware(NoDisconnectWatch)]
+
+
+# Python collects its youngest generation each time 700 more container objects are alive than at the last
+# collection. With 64 requests in flight a replica's live set swings by more than that all the time: ~150
+# collections a second, each walking the in-flight objects, ~4 % of the event loop, plus the gen-1 passes
+# they trigger (~3 %). At 10,000 the swings stay under it and nearly every object dies by reference count
+# before any collection (measured at 64 connections: ~0.5 collections a second; alternating 15 s runs,
+# 1,642 / 1,803 -> 1,976 / 1,994 req/s, p99 76 / 70 -> 65 / 61 ms). Cyclic garbage is still collected, later.
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Raise the youngest generation's threshold in this replica process, keeping the older ones' ratios
+    (called by the model replicas and the gRPC router as they start)."""
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def replica_env(ingress: Ingress) -> dict[str, str]:

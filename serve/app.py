@@ -10,7 +10,6 @@ so a generated config file (`modelserve config`) deploys the same thing with `se
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from ray import serve as rs
 
 from serve._http import build_model_app, build_server_app
-from serve._ingress import replica_env
+from serve._ingress import replica_env, tune_gc
 from serve._messages import InferError
 from serve._model import ModelRuntime
 from serve.config import ModelConfig
@@ -109,20 +108,6 @@ class RayObserver:
         depths, self._depths = self._depths, {}
         for version, depth in depths.items():
             self.queue_depth.set(depth, tags=self._version_tags(version))
-
-
-# Python collects its youngest generation each time 700 more container objects are alive than at the last
-# collection. With 64 requests in flight a replica's live set swings by more than that all the time: ~150
-# collections a second, each walking the in-flight objects, ~4 % of the event loop, plus the gen-1 passes
-# they trigger (~3 %). At 10,000 the swings stay under it and nearly every object dies by reference count
-# before any collection (measured at 64 connections: ~0.5 collections a second; alternating 15 s runs,
-# 1,642 / 1,803 -> 1,976 / 1,994 req/s, p99 76 / 70 -> 65 / 61 ms). Cyclic garbage is still collected, later.
-GC_GEN0_THRESHOLD = 10_000
-
-
-def tune_gc() -> None:
-    """Raise the youngest generation's threshold in this replica process, keeping the older ones' ratios."""
-    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
 @rs.deployment(name=MODEL_DEPLOYMENT)

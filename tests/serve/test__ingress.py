@@ -110,6 +110,18 @@ def test_http_requests_are_marked_as_not_needing_the_disconnect_watch():
     assert "headers" not in _run_middleware({"type": "lifespan"})
 
 
+def test_replicas_raise_only_the_youngest_gc_generation_threshold():
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        _ingress.tune_gc()
+        assert gc.get_threshold() == (_ingress.GC_GEN0_THRESHOLD, 10, 10)
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_serve_deploy_file_carries_the_same_settings(repo):
     from ray.serve.schema import ServeDeploySchema
 

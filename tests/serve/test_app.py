@@ -375,16 +375,3 @@ def test_live_server_takes_json_without_content_type_and_refuses_bad_binary_size
                       headers={"Inference-Header-Content-Length": str(length)})
         assert resp.status_code == 400 and "error" in resp.json(), resp.text
 
-
-def test_replicas_raise_only_the_youngest_gc_generation_threshold():
-    import gc
-
-    from serve.app import GC_GEN0_THRESHOLD, tune_gc
-
-    before = gc.get_threshold()
-    try:
-        gc.set_threshold(700, 10, 10)
-        tune_gc()
-        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, 10, 10)
-    finally:
-        gc.set_threshold(*before)
