@@ -252,6 +252,57 @@ def test_status_and_prometheus_metrics(server):
     assert 'model="mlp"' in text and "optiserve_request_latency_ms" in text and "optiserve_queue_depth" in text
 
 
+class _Recorded:
+    """A stand-in for ray.serve.metrics: every metric records its calls as (name, value, tags)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float, dict]] = []
+
+    def _metric(self, name, *_, **__):
+        recorded = self
+
+        class Metric:
+            def inc(self, value, tags):
+                recorded.calls.append((name, value, tags))
+
+            observe = set = inc
+
+        return Metric()
+
+    Counter = Histogram = Gauge = _metric
+
+
+def test_observer_hands_ray_each_request_and_batch_once_at_flush_not_before():
+    from serve.app import RayObserver
+
+    metrics = _Recorded()
+    observer = RayObserver("mlp", metrics=metrics)
+    for ms in (1.5, 2.5):
+        observer.request("2", 200, ms)
+    observer.request("1", 200, 4.0)
+    observer.request("2", 503, 0.1)
+    observer.batch("2", 3, 2)
+    observer.queue("2", 7)
+    assert metrics.calls == []  # nothing reaches Ray on the request path
+
+    observer.flush()
+    v1, v2 = {"model": "mlp", "version": "1"}, {"model": "mlp", "version": "2"}
+    assert sorted(metrics.calls, key=repr) == sorted([
+        ("optiserve_requests", 2, {**v2, "code": "200"}),
+        ("optiserve_requests", 1, {**v1, "code": "200"}),
+        ("optiserve_requests", 1, {**v2, "code": "503"}),
+        ("optiserve_errors", 1, {**v2, "code": "503"}),
+        ("optiserve_request_latency_ms", 1.5, v2),  # errors are counted, their latency is not observed
+        ("optiserve_request_latency_ms", 2.5, v2),
+        ("optiserve_request_latency_ms", 4.0, v1),
+        ("optiserve_batch_size", 3, v2),
+        ("optiserve_queue_depth", 7, v2),
+    ], key=repr)
+    metrics.calls.clear()
+    observer.flush()
+    assert metrics.calls == []  # each observation is handed over once
+
+
 def test_deployment_with_an_autoscale_policy_serves(server):
     """The autoscale/ adapter's config (custom policy function) deploys and the replica reports its metrics hook."""
     from ray import serve as rs
