@@ -34,6 +34,12 @@ INGRESS_ENV = "OPTISERVE_INGRESS"  # lets a user pick the front end of the local
 
 # Flags that decide the request path; a cluster whose head lacks them serves through the Python proxy.
 FAST_PATH_FLAGS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Ray keeps each direct-ingress replica it stops reachable this long before closing its listener, so that every
+# HAProxy has dropped it first (Ray's default, 30 s, is sized for many nodes; HAProxy also retries a refused
+# connection on another replica). On the one-node head optiserve starts, HAProxy reloads ~0.5 s after the
+# controller's update, and 30 s held every scaled-down replica's CPUs 30 s longer and made `modelserve stop` take
+# ~46 s (the controller gives up on the drain after 30 s).
+LOCAL_DRAIN = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
 # HAProxy files and ports that must differ between clusters on one machine.
 _PER_CLUSTER_PORTS = (
     "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
@@ -67,7 +73,7 @@ def cluster_env(ingress: Ingress, key: str, free_port: Callable[[], int], base: 
     if ingress == "proxy":
         return {}
     folder = haproxy_dir(key, base)
-    env = dict(FAST_PATH_FLAGS)
+    env = {**FAST_PATH_FLAGS, **LOCAL_DRAIN}
     env.update({
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,19 @@ def test_cluster_env_enables_haproxy_with_private_files_and_ports(tmp_path):
     assert len(side_ports) == 4 and len(set(side_ports)) == 4
     other = _ingress.cluster_env("haproxy", "cluster-b", ports(), base=tmp_path)
     assert other["RAY_SERVE_HAPROXY_SOCKET_PATH"] != env["RAY_SERVE_HAPROXY_SOCKET_PATH"]
+
+
+def test_local_head_shortens_the_drain_under_the_name_ray_reads(tmp_path):
+    """The drain window is Ray's env var; a Ray upgrade that renamed it would silently bring back 30 s."""
+    env = _ingress.cluster_env("haproxy", "k", ports(), base=tmp_path)
+    (name, value), = _ingress.LOCAL_DRAIN.items()
+    assert env[name] == value
+    read = subprocess.run(
+        [sys.executable, "-c", "from ray.serve._private import constants as c; "
+                               "print(c.RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S)"],
+        env={**os.environ, name: value}, capture_output=True, text=True, check=True, timeout=120,
+    ).stdout.split()[-1]
+    assert float(read) == float(value) < 30
 
 
 def test_long_temp_dirs_fall_back_to_a_short_folder(tmp_path):
@@ -155,7 +171,6 @@ def test_app_info_reads_records_written_before_the_ingress_field():
 
 def test_local_head_is_started_with_the_ingress_environment(tmp_path, monkeypatch):
     """The env reaches `ray start --head` (whose controller, proxies and replicas inherit it) and is recorded."""
-    import subprocess
     import urllib.request
 
     from optiserve import ray_cluster
