@@ -106,6 +106,7 @@ class _Item:
     rows: int
     sig: tuple
     future: asyncio.Future
+    wait: bool = True
     enqueued_s: float = field(default_factory=time.monotonic)
 
 
@@ -139,6 +140,7 @@ class Batcher:
         self._worker: asyncio.Task | None = None
         self._busy = False
         self._closed = False
+        self._no_wait = 0  # queued requests that must not wait for others
 
     @property
     def queue_len(self) -> int:
@@ -148,7 +150,9 @@ class Batcher:
     def ongoing(self) -> int:
         return len(self._queue) + (1 if self._busy else 0)
 
-    async def submit(self, inputs: Arrays, rows: int) -> Arrays:
+    async def submit(self, inputs: Arrays, rows: int, wait: bool = True) -> Arrays:
+        """The request's rows of the outputs. `wait=False`: the batch this request joins leaves without waiting
+        for more rows (its caller already gathered what was concurrent, as the gRPC router's groups do)."""
         if self._closed:
             raise Retired("this model version is no longer served")
         if len(self._queue) >= self._max_queue:
@@ -158,8 +162,9 @@ class Batcher:
             # first use, or a new event loop (tests call asyncio.run repeatedly): a fresh worker and event
             self._arrived = asyncio.Event()
             self._worker = loop.create_task(self._loop())
-        item = _Item(inputs, rows, signature(inputs), loop.create_future())
+        item = _Item(inputs, rows, signature(inputs), loop.create_future(), wait)
         self._queue.append(item)
+        self._no_wait += not wait
         self._arrived.set()
         return await item.future
 
@@ -191,9 +196,10 @@ class Batcher:
 
     async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait for more rows until the oldest request has waited `wait_s` (requests queued during the
-        previous batch are already past it, so a loaded server never adds waiting)."""
+        previous batch are already past it, so a loaded server never adds waiting), or not at all while a request
+        that must not wait is queued."""
         deadline = self._queue[0].enqueued_s + self._wait_s
-        while sum(it.rows for it in self._queue) < self._max_rows:
+        while not self._no_wait and sum(it.rows for it in self._queue) < self._max_rows:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -208,13 +214,14 @@ class Batcher:
         rows = 0
         while self._queue:
             item = self._queue[0]
-            if item.future.done():  # the client went away: skip its work
-                self._queue.popleft()
-                continue
-            if batch and (item.sig != batch[0].sig or rows + item.rows > self._max_rows):
+            live = not item.future.done()  # else the client went away: skip its work
+            if live and batch and (item.sig != batch[0].sig or rows + item.rows > self._max_rows):
                 break
-            batch.append(self._queue.popleft())
-            rows += item.rows
+            self._queue.popleft()
+            self._no_wait -= not item.wait
+            if live:
+                batch.append(item)
+                rows += item.rows
         return batch
 
     def _padded_run(self, inputs: Arrays, rows: int, size: int) -> Arrays:

@@ -187,7 +187,10 @@ class ModelRuntime:
             raise InferError(404, f"version {version} of model {self.name} is not served (served: {served})")
         return loaded
 
-    async def infer(self, request: InferenceRequest, version: str | None = None) -> InferenceResponse:
+    async def infer(
+        self, request: InferenceRequest, version: str | None = None, wait: bool = True,
+    ) -> InferenceResponse:
+        """`wait=False`: the batch leaves without waiting for others (see Batcher.submit)."""
         start = time.monotonic()
         self.stats.arrival()
         code, label = 200, version or self.default or "none"
@@ -198,14 +201,14 @@ class ModelRuntime:
             wanted = check_requested(request, loaded.manifest.outputs)
             self.observer.queue(loaded.version, loaded.batcher.queue_len + 1)
             try:
-                outputs = await loaded.batcher.submit(arrays, rows)
+                outputs = await loaded.batcher.submit(arrays, rows, wait)
             except Overloaded as exc:
                 raise InferError(503, str(exc), exc.retry_after_s) from None
             except Retired as exc:  # retired between resolve and submit: serve it on the new default
                 if version is not None or self.default == loaded.version:
                     raise InferError(404, str(exc)) from None
                 loaded = self.resolve(None)
-                outputs = await loaded.batcher.submit(arrays, rows)
+                outputs = await loaded.batcher.submit(arrays, rows, wait)
             except Exception as exc:  # onnxruntime refused this input (the batcher isolated it)
                 raise InferError(400, f"the model rejected the input: {str(exc).splitlines()[0][:300]}") from None
             return InferenceResponse(

@@ -164,7 +164,7 @@ class ModelServer:
         can share batches), one answer per request, in order; one request's mistake is its own answer."""
         async def one(raw: bytes) -> tuple[int, bytes | str, float | None]:
             try:
-                return await self.grpc_infer(raw)
+                return await self._grpc_infer(raw)
             except Exception:  # a failure of this request alone must not fail the others of its group
                 logging.getLogger("optiserve.serve").exception("gRPC inference failed")
                 return 500, "internal error (see the model replica's log)", None
@@ -173,12 +173,13 @@ class ModelServer:
             return [await one(raws[0])]
         return list(await asyncio.gather(*(one(raw) for raw in raws)))
 
-    async def grpc_infer(self, raw: bytes) -> tuple[int, bytes | str, float | None]:
+    async def _grpc_infer(self, raw: bytes) -> tuple[int, bytes | str, float | None]:
         from serve import _grpc
 
         try:
             request, version = _grpc.infer_request(_grpc.parse_infer(raw))
-            response = await self.runtime.infer(request, version)
+            # the router's group is the batch-to-be: it does not also wait for batch_wait_timeout_ms
+            response = await self.runtime.infer(request, version, wait=False)
             return 200, _grpc.infer_response(response).SerializeToString(), None
         except InferError as exc:
             return exc.status, exc.message, exc.retry_after_s

@@ -56,6 +56,29 @@ def test_concurrent_requests_merge_into_few_calls_and_get_their_own_rows():
     assert sum(n for _, n in batches) == 20
 
 
+def test_a_request_that_must_not_wait_takes_what_is_queued_along_without_waiting():
+    # wait_s is a minute: a batch that waited for it would hit the 30 s guard instead
+    calls = []
+
+    def ones(rows):
+        return {"x": np.ones((rows, 2), np.float32)}, rows
+
+    async def main():
+        b = Batcher(model(calls), max_rows=64, wait_s=60, max_queue=100)
+        await asyncio.wait_for(asyncio.gather(b.submit(*ones(1)), b.submit(*ones(2), wait=False)), 30)
+        gone = asyncio.ensure_future(b.submit(*ones(4), wait=False))
+        await asyncio.sleep(0)  # queued: its caller gives up before the worker takes it
+        gone.cancel()
+        waiting = asyncio.ensure_future(b.submit(*ones(1)))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # an ordinary request waits again: what asked not to wait has left
+        await asyncio.wait_for(asyncio.gather(waiting, b.submit(*ones(1), wait=False)), 30)
+        await b.close()
+
+    asyncio.run(main())
+    assert calls == [3, 2]
+
+
 def test_max_rows_caps_a_batch_and_no_merging_when_disabled():
     calls = []
 

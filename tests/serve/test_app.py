@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import os
 import threading
@@ -426,3 +427,35 @@ def test_live_server_takes_json_without_content_type_and_refuses_bad_binary_size
                       headers={"Inference-Header-Content-Length": str(length)})
         assert resp.status_code == 400 and "error" in resp.json(), resp.text
 
+
+
+def test_grpc_groups_ask_the_batcher_not_to_wait_and_each_request_gets_its_own_answer():
+    # The router already gathered what was concurrent, so a group must not sit out batch_wait_timeout_ms too.
+    from serve._grpc import pb
+    from serve._messages import InferenceResponse, InferError, ResponseOutput
+    from serve.app import ModelServer
+
+    class Runtime:
+        waits = []
+
+        async def infer(self, request, version, wait=True):
+            self.waits.append(wait)
+            if request.id == "bad":
+                raise InferError(400, "bad input")
+            out = ResponseOutput(name="y", shape=[1], datatype="FP32")
+            out._raw = b"\0\0\x80?"
+            return InferenceResponse(model_name="m", model_version="1", id=request.id, outputs=[out])
+
+    def call(id_):
+        message = pb.ModelInferRequest(model_name="m", id=id_)
+        message.inputs.add(name="x", datatype="FP32", shape=[1])
+        message.raw_input_contents.append(b"\0\0\x80?")
+        return message.SerializeToString()
+
+    server = object.__new__(ModelServer.func_or_class)  # its methods alone: no Ray
+    server.runtime = Runtime()
+    answers = asyncio.run(server.grpc_infer_many([call("a"), call("bad"), call("c")]))
+    assert Runtime.waits == [False, False, False]
+    assert [status for status, _, _ in answers] == [200, 400, 200]
+    assert pb.ModelInferResponse.FromString(answers[2][1]).id == "c"
+    assert answers[1][1] == "bad input"
