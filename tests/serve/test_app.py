@@ -428,7 +428,6 @@ def test_live_server_takes_json_without_content_type_and_refuses_bad_binary_size
         assert resp.status_code == 400 and "error" in resp.json(), resp.text
 
 
-
 def test_grpc_groups_ask_the_batcher_not_to_wait_and_each_request_gets_its_own_answer():
     # The router already gathered what was concurrent, so a group must not sit out batch_wait_timeout_ms too.
     from serve._grpc import pb
@@ -436,7 +435,8 @@ def test_grpc_groups_ask_the_batcher_not_to_wait_and_each_request_gets_its_own_a
     from serve.app import ModelServer
 
     class Runtime:
-        waits = []
+        def __init__(self) -> None:
+            self.waits = []
 
         async def infer(self, request, version, wait=True):
             self.waits.append(wait)
@@ -457,9 +457,9 @@ def test_grpc_groups_ask_the_batcher_not_to_wait_and_each_request_gets_its_own_a
             pass
 
     server = object.__new__(Bare)  # its methods alone: no Ray
-    server.runtime = Runtime()
+    server.runtime = runtime = Runtime()
     answers = asyncio.run(server.grpc_infer_many([call("a"), call("bad"), call("c")]))
-    assert Runtime.waits == [False, False, False]
+    assert runtime.waits == [False, False, False]
     assert [status for status, _, _ in answers] == [200, 400, 200]
     assert pb.ModelInferResponse.FromString(answers[2][1]).id == "c"
     assert answers[1][1] == "bad input"
