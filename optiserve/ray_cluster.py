@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -45,10 +46,43 @@ class Cluster:
         return self.pid is not None
 
 
+# Ports are picked here and bound later by another process (a Ray head, HAProxy, a server), so they are picked
+# outside the kernel's ephemeral range: there every outgoing connection (Ray opens many) takes its local port,
+# and a port picked there can be taken before it is bound (seen: the gRPC router's bind failing in a test).
+# Also clear of Ray's worker ports (10002-19999) and its direct-ingress replica ports (30000-31000).
+PICK_RANGE = (20000, 30000)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default; elsewhere the kernel's own choice is used (below)
+
+
+def picks_from_range() -> bool:
+    """Whether ports are picked from PICK_RANGE: on Linux, when the kernel's ephemeral range is clear of it."""
+    low, high = _ephemeral_range()
+    return sys.platform.startswith("linux") and (high < PICK_RANGE[0] or low >= PICK_RANGE[1])
+
+
+def _bind_free(s: socket.socket) -> int:
+    """Bind `s` on 127.0.0.1 to a free port in PICK_RANGE (the kernel's choice if the range is unusable)."""
+    if picks_from_range():
+        for _ in range(64):
+            try:
+                s.bind(("127.0.0.1", random.randrange(*PICK_RANGE)))
+                return s.getsockname()[1]
+            except OSError:  # in use: another
+                continue
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return _bind_free(s)
 
 
 def free_ports(count: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[int]:
@@ -58,8 +92,7 @@ def free_ports(count: int, exclude: set[int] | frozenset[int] = frozenset()) -> 
         while len(ports) < count:
             s = socket.socket()
             socks.append(s)
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+            port = _bind_free(s)
             if port not in exclude and port not in ports:
                 ports.append(port)
     finally:

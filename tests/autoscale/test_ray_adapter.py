@@ -1,7 +1,6 @@
 """The Ray Serve adapter: config shape (unit) and a real deployment scaling up and down (ray, slow)."""
 
 import concurrent.futures as cf
-import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -11,6 +10,7 @@ import pytest
 from autoscale import metrics as m
 from autoscale.ray_adapter import METRICS_INTERVAL_S, POLICY_FUNCTION, OptiservePolicy, build_autoscaling_config
 from optiserve.errors import UserError
+from optiserve.ray_cluster import free_port
 
 
 @pytest.mark.parametrize("policy", ["adaptive", "queue", "target-tracking", "slo", "predictive"])
@@ -64,12 +64,6 @@ def test_default_policy_and_start_time_come_from_the_profile(tmp_path):
 
 # ---------------------------------------------------------------- real Ray Serve (integration)
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def serve_port():
     ray = pytest.importorskip("ray")
@@ -79,7 +73,7 @@ def serve_port():
            "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
     ray.init(address="local", num_cpus=8, include_dashboard=False, runtime_env={"env_vars": env},
              log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
     serve.shutdown()

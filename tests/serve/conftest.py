@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from optimize.examples import DigitsCNN, DigitsMLP
+from optiserve.ray_cluster import free_port
 from optiserve.repository import MANIFEST_FILE, MODEL_FILE, publish, version_dir
 
 
@@ -151,12 +151,6 @@ def fuzz_cases(doc: dict, n: int, seed: int, models: dict[str, tuple[int, ...]])
                 schema = op["requestBody"]["content"]["application/json"]["schema"]
                 body = _value(schema, doc, rng)
         yield method, url, body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
