@@ -20,12 +20,13 @@ cluster gets its own folder and free ports. Pure: no Ray import, unit-tested.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Ingress = Literal["haproxy", "proxy"]
 INGRESSES: tuple[str, ...] = ("haproxy", "proxy")
@@ -100,20 +101,62 @@ LEAN_REPLICA_FLAGS = {
 _NO_DISCONNECT_WATCH = (b"x-request-disconnect-disabled", b"?1")  # Ray's SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER
 
 
-class NoDisconnectWatch:
-    """ASGI middleware: mark each request as not needing Ray's client-disconnect watch.
+class InferShortcut(NamedTuple):
+    """This process's model replica: its route prefix, its ASGI app and the event loop that app runs on."""
 
-    For every direct-ingress request Ray otherwise starts a task that waits on the connection for a disconnect
-    and runs the request in a second task beside it (`asyncio.wait` on both). With the header Ray awaits the app
-    directly: at 64 connections 1,875 -> 2,377 req/s, interleaved with Triton (BENCHMARKS.md). What is lost:
-    a request whose client went away is still scored (a few ms in a batch), as Triton does; the queue bound
-    (503) still limits the work an overload can queue."""
+    prefix: str
+    app: Callable
+    loop: asyncio.AbstractEventLoop
+
+
+_shortcut: InferShortcut | None = None
+
+
+def serve_infer_directly(prefix: str, app: Callable) -> None:
+    """Send this replica's infer requests straight to `app` (see `ReplicaFrontDoor`); called from the replica's
+    constructor, on the loop its user code runs on. One replica per process, so one shortcut per process."""
+    global _shortcut
+    _shortcut = InferShortcut(prefix.rstrip("/"), app, asyncio.get_running_loop())
+
+
+def _is_infer(route: str, prefix: str) -> bool:
+    """`POST <prefix>/infer` or `<prefix>/versions/<v>/infer` (the model app's infer routes)."""
+    if not route.startswith(prefix + "/") or not route.endswith("/infer"):
+        return False
+    rest = route[len(prefix):]
+    return rest == "/infer" or (rest.startswith("/versions/") and rest.count("/") == 3 and len(rest) > 16)
+
+
+class ReplicaFrontDoor:
+    """ASGI middleware before Ray's own request wrapper in each model replica's HTTP server.
+
+    Infer requests go straight to the model's app (mounted at its route prefix, as Ray mounts it). Ray's wrapper
+    costs about as much per request as optiserve's whole infer path: a request id (a uuid4) and its response
+    header, request metadata, route matching, ongoing-request accounting, an access-log record built even with
+    the access log off, its request metrics (py-spy at 64 connections: ~28 % of the replica's event loop against
+    43 % in optiserve's app). What that skips, and why it is safe: Ray's request metrics (optiserve's own
+    `optiserve_requests` and latency histogram count every request, and optiserve's autoscaling reads its own
+    queue); Ray's ongoing-request count and `max_queued_requests` (the replica's bounded queue answers 503 with
+    Retry-After first); the `x-request-id` response header (Triton sends none either). A draining replica still
+    finishes these requests: after Ray's drain it stops its uvicorn server gracefully, which waits for every
+    request under way, counted by Ray or not. Any other request (metadata, ready, Ray's health checks, a loop other
+    than the replica's) takes Ray's path, marked as not needing Ray's client-disconnect watch: for every direct-
+    ingress request Ray otherwise starts a task that waits on the connection for a disconnect and runs the request
+    in a second task beside it (`asyncio.wait` on both), as infer requests did before the shortcut (at 64
+    connections 1,875 -> 2,377 req/s). What is lost either way: a request whose client went away is still scored
+    (a few ms in a batch), as Triton does; the queue bound (503) still limits the work an overload can queue."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
+            shortcut = _shortcut
+            if shortcut is not None and scope["method"] == "POST":
+                root = scope.get("root_path", "")  # uvicorn puts its root path in both path and root_path
+                if (_is_infer(scope["path"][len(root):], shortcut.prefix)
+                        and asyncio.get_running_loop() is shortcut.loop):
+                    return await shortcut.app({**scope, "root_path": root + shortcut.prefix}, receive, send)
             scope["headers"] = [*scope["headers"], _NO_DISCONNECT_WATCH]
         await self.app(scope, receive, send)
 
@@ -122,7 +165,7 @@ def replica_http_middlewares() -> list:
     """Called by Ray in each replica before it starts its HTTP server (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH)."""
     from starlette.middleware import Middleware
 
-    return [Middleware(NoDisconnectWatch)]
+    return [Middleware(ReplicaFrontDoor)]
 
 
 # Python collects its youngest generation each time 700 more container objects are alive than at the last

@@ -18,7 +18,7 @@ from typing import Any
 from ray import serve as rs
 
 from serve._http import build_model_app, build_server_app
-from serve._ingress import replica_env, tune_gc
+from serve._ingress import replica_env, serve_infer_directly, tune_gc
 from serve._messages import InferError
 from serve._model import ModelRuntime
 from serve.config import ModelConfig
@@ -128,7 +128,8 @@ class ModelServer:
         self._observer = RayObserver(model)
         self.runtime = ModelRuntime(Path(repository), model, ModelConfig(**model_config), observer=self._observer)
         await asyncio.to_thread(self.runtime.load_initial)
-        self._http = {"token_sha256": token_sha256, "max_body_bytes": max_body_bytes}
+        self._app = build_model_app(self.runtime, token_sha256=token_sha256, max_body_bytes=max_body_bytes)
+        serve_infer_directly(model_route(model), self._app)  # infer skips Ray's request wrapper (serve/_ingress.py)
         loop = asyncio.get_running_loop()
         self._watch = loop.create_task(self.runtime.watch(poll_interval_s))
         self._flush = loop.create_task(self._flush_metrics())
@@ -142,7 +143,7 @@ class ModelServer:
                 logging.getLogger("optiserve.serve").exception("handing metrics to Ray failed")
 
     def __serve_build_asgi_app__(self):
-        return build_model_app(self.runtime, **self._http)
+        return self._app
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Ray Serve's custom-metrics hook: the autoscaling policy sees these per replica."""

@@ -98,32 +98,76 @@ def test_replicas_resolve_the_middleware_hook_as_ray_does():
 
     path = _ingress.LEAN_REPLICA_FLAGS["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]
     middlewares = validate_http_proxy_callback_return(call_function_from_import_path(path))
-    assert [m.cls for m in middlewares] == [_ingress.NoDisconnectWatch]
+    assert [m.cls for m in middlewares] == [_ingress.ReplicaFrontDoor]
 
 
-def _run_middleware(scope):
+def _run_middleware(scope, shortcut_prefix=None, shortcut_loop="same"):
+    """Run one request through the front door; returns (what Ray's app saw, what the model app saw)."""
     import asyncio
 
-    seen = {}
+    seen, direct = {}, {}
 
-    async def app(scope, receive, send):
+    async def ray_app(scope, receive, send):
         seen.update(scope)
 
-    asyncio.run(_ingress.NoDisconnectWatch(app)(scope, None, None))
-    return seen
+    async def model_app(scope, receive, send):
+        direct.update(scope)
+
+    async def main():
+        if shortcut_prefix is not None:
+            _ingress.serve_infer_directly(shortcut_prefix, model_app)
+            if shortcut_loop != "same":
+                _ingress._shortcut = _ingress._shortcut._replace(loop=asyncio.new_event_loop())
+        await _ingress.ReplicaFrontDoor(ray_app)(scope, None, None)
+
+    try:
+        asyncio.run(main())
+    finally:
+        _ingress._shortcut = None
+    return seen, direct
 
 
 def test_http_requests_are_marked_as_not_needing_the_disconnect_watch():
     from ray.serve._private.http_util import parse_disconnect_disabled_header
 
     headers = [(b"content-type", b"application/json")]
-    seen = _run_middleware({"type": "http", "headers": headers})
+    seen, _ = _run_middleware({"type": "http", "method": "GET", "headers": headers})
     assert parse_disconnect_disabled_header(dict(seen["headers"]))
     assert headers == [(b"content-type", b"application/json")]  # the server's own list is not changed
     # a client's own value cannot turn the watch back on: the header added last wins in Ray's dict(headers)
-    seen = _run_middleware({"type": "http", "headers": [(b"x-request-disconnect-disabled", b"?0")]})
+    seen, _ = _run_middleware({"type": "http", "method": "GET", "headers": [(b"x-request-disconnect-disabled", b"?0")]})
     assert parse_disconnect_disabled_header(dict(seen["headers"]))
-    assert "headers" not in _run_middleware({"type": "lifespan"})
+    assert "headers" not in _run_middleware({"type": "lifespan"})[0]
+
+
+def _post(path, root_path=""):
+    return {"type": "http", "method": "POST", "path": path, "root_path": root_path, "headers": []}
+
+
+@pytest.mark.parametrize("path", ["/v2/models/m/infer", "/v2/models/m/versions/3/infer"])
+def test_infer_requests_go_straight_to_the_model_app_mounted_at_its_prefix(path):
+    seen, direct = _run_middleware(_post(path), "/v2/models/m/")
+    assert not seen and direct["path"] == path and direct["root_path"] == "/v2/models/m"
+    assert direct["headers"] == []  # Ray's disconnect header is Ray's business only
+    # uvicorn's own root path is in both path and root_path; the prefix is matched after it, mounted after it
+    seen, direct = _run_middleware(_post("/api" + path, "/api"), "/v2/models/m")
+    assert not seen and direct["root_path"] == "/api/v2/models/m"
+
+
+@pytest.mark.parametrize("scope", [
+    _post("/v2/models/m/ready"), _post("/v2/models/m"), _post("/v2/models/m/versions//infer"),
+    _post("/v2/models/m/versions/1/2/infer"), _post("/v2/models/other/infer"), _post("/v2/models/mx/infer"),
+    {**_post("/v2/models/m/infer"), "method": "GET"},
+])
+def test_every_other_request_takes_rays_path(scope):
+    seen, direct = _run_middleware(scope, "/v2/models/m")
+    assert seen["path"] == scope["path"] and not direct
+
+
+def test_no_shortcut_without_a_model_replica_or_from_another_event_loop():
+    assert _run_middleware(_post("/v2/models/m/infer"))[0]  # the server app's replica registers none
+    seen, direct = _run_middleware(_post("/v2/models/m/infer"), "/v2/models/m", shortcut_loop="other")
+    assert seen and not direct  # user code on its own thread's loop: the batcher lives there, so Ray's path
 
 
 def test_replicas_raise_only_the_youngest_gc_generation_threshold():
