@@ -50,17 +50,25 @@ def test_cluster_env_enables_haproxy_with_private_files_and_ports(tmp_path):
     assert other["RAY_SERVE_HAPROXY_SOCKET_PATH"] != env["RAY_SERVE_HAPROXY_SOCKET_PATH"]
 
 
-def test_local_head_shortens_the_drain_under_the_name_ray_reads(tmp_path):
-    """The drain window is Ray's env var; a Ray upgrade that renamed it would silently bring back 30 s."""
+def _ray_reads(constant: str, environ: dict) -> str:
+    code = f"from ray.serve._private import constants as c; print(c.{constant})"
+    run = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True,
+                         timeout=120)
+    return run.stdout.split()[-1]
+
+
+@pytest.mark.parametrize(("settings", "constant", "ours", "rays"), [
+    (_ingress.LOCAL_DRAIN, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5.0", "30.0"),
+    (_ingress.NO_HAPROXY_METRICS, "RAY_SERVE_HAPROXY_METRICS_ENABLED", "False", "True"),
+])
+def test_local_head_settings_reach_ray_under_the_names_it_reads(tmp_path, settings, constant, ours, rays):
+    """The local head's drain window and HAProxy's per-request metrics log are Ray env vars; a Ray upgrade that
+    renamed one would silently bring Ray's default back."""
     env = _ingress.cluster_env("haproxy", "k", ports(), base=tmp_path)
-    (name, value), = _ingress.LOCAL_DRAIN.items()
+    (name, value), = settings.items()
     assert env[name] == value
-    read = subprocess.run(
-        [sys.executable, "-c", "from ray.serve._private import constants as c; "
-                               "print(c.RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S)"],
-        env={**os.environ, name: value}, capture_output=True, text=True, check=True, timeout=120,
-    ).stdout.split()[-1]
-    assert float(read) == float(value) < 30
+    assert _ray_reads(constant, {**os.environ, name: value}) == ours
+    assert _ray_reads(constant, {k: v for k, v in os.environ.items() if k != name}) == rays
 
 
 def test_long_temp_dirs_fall_back_to_a_short_folder(tmp_path):
@@ -198,6 +206,7 @@ def test_serve_deploy_file_carries_the_same_settings(repo):
     comment = cluster_env_comment(cfg)
     assert all(line.startswith("#") for line in comment.splitlines())
     assert "RAY_SERVE_ENABLE_HA_PROXY=1" in comment and "RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in comment
+    assert "RAY_SERVE_HAPROXY_METRICS_ENABLED=0" in comment  # recommended, not required
     assert "no cluster environment" in cluster_env_comment(ServeConfig(ingress="proxy"))
 
 
