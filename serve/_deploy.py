@@ -131,13 +131,14 @@ def cluster_env_comment(cfg: ServeConfig) -> str:
     if ingress == "proxy":
         return "# ingress: proxy (Ray Serve's Python proxy); no cluster environment needed.\n"
     flags = " ".join(f"{k}={v}" for k, v in _ingress.FAST_PATH_FLAGS.items())
-    extra = " ".join(f"{k}={v}" for k, v in _ingress.NO_HAPROXY_METRICS.items())
+    extra = " ".join(f"{k}={v}" for k, v in {**_ingress.NO_HAPROXY_METRICS, **_ingress.WORKER_NICENESS}.items())
     return (
         "# ingress: haproxy. Ray Serve reads this front end from the Ray head's environment, not from this file:\n"
         f"#   start the head with: {flags} ray start --head ...\n"
         "#   (KubeRay RayService: put them in the head and worker containers' env). Without them the same\n"
         "#   applications are served through Ray Serve's Python proxy.\n"
-        f"#   Recommended too: {extra} (no per-request HAProxy log parsed in Python; optiserve counts requests).\n"
+        f"#   Recommended too: {extra}\n"
+        "#   (no per-request HAProxy log parsed in Python: optiserve counts requests; replicas not at niceness 15).\n"
     )
 
 

@@ -206,7 +206,7 @@ def test_serve_deploy_file_carries_the_same_settings(repo):
     comment = cluster_env_comment(cfg)
     assert all(line.startswith("#") for line in comment.splitlines())
     assert "RAY_SERVE_ENABLE_HA_PROXY=1" in comment and "RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in comment
-    assert "RAY_SERVE_HAPROXY_METRICS_ENABLED=0" in comment  # recommended, not required
+    assert "RAY_SERVE_HAPROXY_METRICS_ENABLED=0" in comment and "RAY_worker_niceness=0" in comment  # recommended
     assert "no cluster environment" in cluster_env_comment(ServeConfig(ingress="proxy"))
 
 

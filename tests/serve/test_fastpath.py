@@ -59,6 +59,12 @@ def test_haproxy_front_end_serves_every_model_on_one_port(fast):
                       b'"datatype": "FP32", "data": ' + str([0.0] * 64).encode() + b"}]}")  # no Content-Type
     assert cnn.status_code == 200
     assert client.get("/v2").json()["name"] == "optiserve"
+    # the head's workers (replicas, HAProxy's manager) run at niceness 0, not Ray's 15 (serve._ingress.WORKER_NICENESS)
+    import os
+
+    import ray
+
+    assert ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote(), timeout=120) == 0
     assert client.get("/v2/health/ready").status_code == 200
     assert client.post("/v2/models/nope/infer", json=body(np.zeros((1, 64), np.float32))).status_code == 404
     assert httpx.post(f"http://127.0.0.1:{info.port}/v2/models/mlp/infer", json={}, timeout=30).status_code == 401
