@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from serve._codec import parse_request, render_response, validation_message
+from serve._ingress import infer_version
 from serve._messages import (
     ErrorResponse,
     InferenceRequest,
@@ -244,7 +245,7 @@ class InferFastPath:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        version = _infer_version(_route_path(scope))
+        version = infer_version(_route_path(scope))
         if version is False:
             return await self.app(scope, receive, send)
         try:
@@ -277,16 +278,6 @@ def _route_path(scope) -> str:
     if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
         return path[len(root):]
     return path
-
-
-def _infer_version(path: str) -> str | None | bool:
-    """None for `/infer`, the version for `/versions/<v>/infer`, False for any other path."""
-    if path == "/infer":
-        return None
-    parts = path.split("/")
-    if len(parts) == 4 and parts[1] == "versions" and parts[3] == "infer" and parts[2]:
-        return parts[2]
-    return False
 
 
 async def _read_body(receive) -> bytes:

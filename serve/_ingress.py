@@ -131,12 +131,19 @@ def serve_infer_directly(prefix: str, app: Callable) -> None:
     _shortcut = InferShortcut(prefix.rstrip("/"), app, asyncio.get_running_loop())
 
 
+def infer_version(path: str) -> str | None | bool:
+    """The model app's infer routes, relative to where it is mounted: None for `/infer`, the version for
+    `/versions/<v>/infer`, False for any other path (the front door and the model app's fast path both ask)."""
+    if path == "/infer":
+        return None
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "versions" and parts[3] == "infer" and parts[2]:
+        return parts[2]
+    return False
+
+
 def _is_infer(route: str, prefix: str) -> bool:
-    """`POST <prefix>/infer` or `<prefix>/versions/<v>/infer` (the model app's infer routes)."""
-    if not route.startswith(prefix + "/") or not route.endswith("/infer"):
-        return False
-    rest = route[len(prefix):]
-    return rest == "/infer" or (rest.startswith("/versions/") and rest.count("/") == 3 and len(rest) > 16)
+    return route.startswith(prefix + "/") and infer_version(route[len(prefix):]) is not False
 
 
 class ReplicaFrontDoor:
