@@ -17,6 +17,12 @@ before the new replica is ready misses the objective, and no later scaling can w
 
 - steady need: square-root staffing / Erlang C on the rate (shared with `slo`), times
   (1 + `headroom_per_start` x start time), so a slower start keeps more spare capacity for growth during it;
+- the miss budget spent evenly in time (`miss_target`): the objective counts requests, so a second at a low
+  rate can miss a larger share of its few requests for the same late requests per second. Below the mean rate
+  seen over `memory_s`, the steady need lets `lull_miss` x that mean rate requests per second wait too long
+  (never more than `max_miss` of them, never less than `target_miss`): bursty's lulls at 20 req/s (mean 65)
+  are served by one replica, 1.1 % late, instead of two. Fast rises are still judged against what the
+  per-request target holds (judged against the leaner lull, more jumps count as rises: heavy +6 % replica-s);
 - burst memory: a *fast rise* is a rate increase within about one start time (plus the metrics lag) that is
   larger than the spare capacity held then, i.e. a burst faster than a start. It is confirmed on a second
   push, or at once when requests already queue (more than one per ready replica). Their times are kept for
@@ -68,6 +74,8 @@ from .slo import SloPolicyConfig, burst_need, steady_need
 @dataclass(frozen=True)
 class AdaptiveConfig(SloPolicyConfig):
     target_miss: float = 0.005  # leaves half of a 1 % miss budget to transitions (bursts, starts)
+    lull_miss: float = 0.01  # below the mean rate: late requests per second up to this x the mean rate ...
+    max_miss: float = 0.03  # ... but at most this share of the requests (see `miss_target`)
     headroom_per_start: float = 0.0  # standing spare capacity per second of start time (0.01: +10 % at 10 s)
     min_hold_s: float = 60.0  # shortest scale-down stabilisation window (KPA's stable window)
     hold_starts: float = 6.0  # ... and at least this many replica start times
@@ -95,6 +103,8 @@ class AdaptiveConfig(SloPolicyConfig):
             raise UserError("bucket_s and memory_s must be positive, burst_gap_factor and panic_threshold >= 1.")
         if not 0 < self.downscale_fraction <= 1:
             raise UserError("downscale_fraction must lie in (0, 1].")
+        if not 0 < self.lull_miss < 1 or not self.target_miss <= self.max_miss < 1:
+            raise UserError("lull_miss must lie in (0, 1) and max_miss in [target_miss, 1).")
         if self.onset_ratio <= 1:
             raise UserError("onset_ratio must be above 1.")
         if self.periodic_min_gaps < 2 or self.periodic_gaps < self.periodic_min_gaps:
@@ -125,18 +135,32 @@ def recurring_hold(cfg: AdaptiveConfig, start_s: float, rises: list, peaks: list
     gaps = [b - a for a, b in zip(rises, rises[1:], strict=False)]
     mean_gap = max(sum(gaps) / len(gaps), 1e-9)
     peak = max((p[1] for p in peaks), default=0.0)
-    n = sum(p[3] for p in peaks)
-    mean_rate = sum(p[2] for p in peaks) / n if n else 0.0
     miss = peak * (start_s + cfg.rise_lag_s)
-    budget = cfg.target_miss * mean_rate
+    budget = cfg.target_miss * _mean_rate(peaks)
     poisson = mean_gap * math.log(miss / (mean_gap * budget)) if budget > 0 and miss > mean_gap * budget else 0.0
     return max(poisson, cfg.burst_gap_factor * max(gaps))
 
 
-def _need(cfg: AdaptiveConfig, obs: Observation, rate: float, headroom: float) -> int:
+def _mean_rate(peaks: list) -> float:
+    """The mean measured rate over the memory, from the per-minute [start, max, sum, n] records."""
+    n = sum(p[3] for p in peaks)
+    return sum(p[2] for p in peaks) / n if n else 0.0
+
+
+def miss_target(cfg: AdaptiveConfig, rate: float, mean_rate: float) -> float:
+    """The share of requests the steady need may let wait too long at `rate`: `target_miss`, or below the mean
+    rate seen, `lull_miss` x mean_rate late requests per second (at most `max_miss` of them): the objective
+    counts requests, and a lull has few."""
+    if rate <= 0.0 or rate >= mean_rate:
+        return cfg.target_miss
+    return min(cfg.max_miss, max(cfg.target_miss, cfg.lull_miss * mean_rate / rate))
+
+
+def _need(cfg: AdaptiveConfig, obs: Observation, rate: float, headroom: float, mean_rate: float = 0.0) -> int:
     if cfg.capacity_rps_per_replica is None:  # no capacity model: ongoing requests / 2 per replica
         return math.ceil(obs.ongoing_requests * (1.0 + headroom) / cfg.fallback_ongoing_per_replica - 1e-9)
-    return steady_need(cfg, rate * (1.0 + headroom))  # steady_need adds cfg.headroom on top
+    # steady_need adds cfg.headroom on top; mean_rate 0: the per-request target
+    return steady_need(cfg, rate * (1.0 + headroom), miss_target(cfg, rate, mean_rate))
 
 
 def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple[int, dict]:
@@ -207,7 +231,7 @@ def adaptive_policy(obs: Observation, cfg: AdaptiveConfig, state: dict) -> tuple
     settled = burst_clock.lull_start(clock, phase)  # a periodic burst's samples are not the lull's
     recent = [h for h in hist if t - h[0] < cfg.rate_window_s and h[0] >= settled]
     mean = sum(h[3] for h in recent) / max(sum(h[4] for h in recent), 1)
-    steady = _need(cfg, obs, rate if rate > mean * (1.0 + cfg.jump_tolerance) else mean, headroom)
+    steady = _need(cfg, obs, rate if rate > mean * (1.0 + cfg.jump_tolerance) else mean, headroom, _mean_rate(peaks))
     if rising:  # the lagged mean trails a fast rise: extrapolate its slope over half the metrics lag plus a
         # start, since what is asked now serves a start later (no further than max_growth x)
         (prev_t, prev_rate), (cur_t, _) = prev, cur

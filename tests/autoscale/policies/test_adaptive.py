@@ -7,7 +7,7 @@ import random
 import pytest
 
 from autoscale.policies import DEFAULT_POLICY, Observation, adaptive_policy, load_policy_config
-from autoscale.policies.adaptive import recurring_hold
+from autoscale.policies.adaptive import miss_target, recurring_hold
 
 CAP = 60.0  # requests/s one replica serves within the objective
 
@@ -163,6 +163,21 @@ def test_holds_a_recurring_bursts_capacity_through_a_lull_longer_than_any_seen()
 PERIOD, ON, START = 120, 30, 4.0
 
 
+def test_below_the_mean_rate_the_miss_budget_is_spent_evenly_in_time():
+    cfg = _cfg()
+    assert miss_target(cfg, 100.0, 65.0) == cfg.target_miss == 0.005  # at or above the mean: per request
+    assert miss_target(cfg, 20.0, 0.0) == cfg.target_miss  # no mean seen yet
+    assert miss_target(cfg, 40.0, 65.0) == pytest.approx(0.01 * 65 / 40)  # lull_miss x mean late requests/s
+    assert miss_target(cfg, 5.0, 65.0) == cfg.max_miss == 0.03  # never more than max_miss of them
+    assert miss_target(_cfg(lull_miss=0.001), 60.0, 65.0) == cfg.target_miss  # never under the per-request one
+    # bursty's lull, 20 req/s on 60 req/s replicas: two replicas for the per-request 0.5 %, one once the mean
+    # rate (65 req/s: 30 s bursts to 200 every 2 minutes) has been seen
+    lull = lambda peaks: adaptive_policy(  # noqa: E731
+        Observation(0.0, 2, 2, 20 / CAP, 0.0, 20.0, replica_start_s=4.43, min_replicas=1, max_replicas=50),
+        cfg, {"peaks": peaks})[0]
+    assert lull([]) == 2 and lull([[-60.0, 200.0, 65.0 * 30, 30]]) == 1
+
+
 def _periodic_rates(cycles, base=20.0, noise=0.0, seed=0):
     rng = random.Random(seed)
     rates = _bursts([90] * cycles, on_s=ON, base=base)
@@ -249,9 +264,12 @@ def test_periodic_bursts_the_held_capacity_absorbs_are_learned_from_their_onsets
     lull_need = max(out[onsets[0] - 20: onsets[0]])
     burst_need = max(out[onsets[0]: onsets[0] + 30])
     assert lull_need < burst_need == 4
-    for k in range(4, 9):  # the fourth onset shows the clock: released after each burst, asked ahead of the next
-        end = onsets[k] + 30
-        assert max(out[end + 10: onsets[k + 1] - 15]) == lull_need, k
+    # The fourth onset shows the clock: released after each burst, to one level every lull (at most the first
+    # lull's: once the mean rate has seen bursts, the lull's 4 req/s may miss a larger share), asked ahead of
+    # the next.
+    lulls = {max(out[onsets[k] + 40: onsets[k + 1] - 15]) for k in range(4, 9)}
+    assert len(lulls) == 1 and lulls.pop() <= lull_need
+    for k in range(4, 9):
         assert min(out[onsets[k + 1] - int(SMALL_START) - 1: onsets[k + 1] + 30]) == burst_need, k
 
 
@@ -294,7 +312,7 @@ def _ray_like(demand, duration_s, window_s, cfg, start_s, max_r, t0=1_796_164_77
 def test_the_live_bursty_run_learns_the_clock_from_observations_built_as_ray_builds_them():
     # The live validate of issue 14 (4 -> 40 req/s, 30 s bursts every 90 s, 10 minutes), observed as Ray's
     # controller sees it. With the arrival rate counted over a push (2 s) the clock is learned from the
-    # onsets and a replica released in the last lulls, as in the simulator. serve/'s replicas counted it
+    # onsets and replicas released in the last lulls, as in the simulator. serve/'s replicas counted it
     # over 30 s (serve/_stats.py RollingStats' window): the rate then climbs 36 req/s over 30 s, never a
     # replica (15 req/s) within the onset look (start + metrics lag, 9 s), so no onset and no release.
     cfg = load_policy_config("adaptive", None, capacity_rps_per_replica=SMALL_CAP, slo_p95_ms=100.0)
@@ -303,7 +321,8 @@ def test_the_live_bursty_run_learns_the_clock_from_observations_built_as_ray_bui
     assert state["periodic"] and not state["rises"]
     assert [round(o - state["onsets"][0]) for o in state["onsets"]] == [0, 90, 180, 270, 360, 450]
     downs = [k for k in range(1, len(out)) if out[k] < out[k - 1]]
-    assert len(downs) >= 2 and min(out[3900:]) == 3 and max(out[3900:]) == 4  # released in the lulls
+    # released in the lulls, to 2 (the lull's 4 req/s may miss up to 3 % once the mean rate has seen bursts)
+    assert len(downs) >= 2 and min(out[3900:]) == 2 and max(out[3900:]) == 4
     assert all(out[int(10 * (60 + 90 * b)) + 5: int(10 * (90 + 90 * b))] == [4] * (300 - 5) for b in range(4, 6))
 
 

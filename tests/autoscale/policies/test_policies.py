@@ -151,6 +151,25 @@ def test_miss_probability_is_the_exact_mm_c_wait_tail_for_exponential_service():
     assert miss_probability(c, a, s, t, 0.0) == pytest.approx(4 / 9 * math.exp(-4.0), rel=1e-9)
 
 
+def test_one_replica_with_deterministic_service_has_the_exact_md1_wait_tail():
+    from autoscale.policies.slo import md1_wait_tail, miss_probability
+
+    rng = random.Random(0)
+    service, slack = 0.0166, 0.0334
+    for rho in (0.33, 0.6):
+        # Lindley's recursion for M/D/1: the next wait is this one plus a service less the gap to the next arrival
+        wait, late, n = 0.0, 0, 400_000
+        for _ in range(n):
+            late += wait > slack
+            wait = max(0.0, wait + service - rng.expovariate(rho / service))
+        assert miss_probability(1, rho, service, slack) == md1_wait_tail(rho, service, slack)
+        assert md1_wait_tail(rho, service, slack) == pytest.approx(late / n, rel=0.1), rho
+    assert md1_wait_tail(0.5, 1.0, 0.0) == pytest.approx(0.5)  # P(wait > 0) = rho
+    # Kingman's factor, still used for two replicas and more, overstates one replica's tail at light load
+    kingman = 0.33 * math.exp(-2.0 * (1 - 0.33) * slack / service)
+    assert md1_wait_tail(0.33, service, slack) < 0.6 * kingman
+
+
 def test_slo_steady_need_runs_large_fleets_hotter_than_small_ones():
     from autoscale.policies.slo import steady_need
 
