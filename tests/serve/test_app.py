@@ -30,6 +30,27 @@ poll_interval_s: 0.5
 """
 
 
+def test_a_port_in_use_is_refused_before_anything_is_deployed(repo):
+    # Before the app fixture below starts Serve: with no Serve instance running, start_app checks its ports
+    # (it once asked serve.status(), which answers an empty status without Serve, so it never checked).
+    import socket
+
+    import ray
+
+    import serve
+    from optiserve.errors import UserError
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            with pytest.raises(UserError, match="in use"):
+                serve.start_app(repo, port=busy.getsockname()[1], config_path=None)
+    finally:
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, helpers):
 
