@@ -231,7 +231,7 @@ def start_app(
     if grpc_port and (why := grpc_missing()):  # e.g. a plain `pip install` (make adds tritonclient): HTTP still serves
         notes.append(f"gRPC is off: {why}")
         grpc_port = None
-    if _running_serve() is None:
+    if not _serve_running():
         if not _port_free(host, port):
             raise UserError(f"port {port} on {host} is in use: choose another with --port")
         if grpc_port and not _port_free(host, grpc_port):
@@ -265,12 +265,12 @@ def start_app(
     return info
 
 
-def _running_serve() -> Any:
-    """The running Serve instance's client, or None (`serve.status()` answers an empty status without one, so it
-    cannot tell)."""
+def _serve_running() -> bool:
+    """Whether a Serve instance runs on the connected cluster (asked of Serve's client: `serve.status()` answers an
+    empty status without one, so it cannot tell)."""
     from ray.serve.context import _get_global_client
 
-    return _get_global_client(raise_if_no_controller_running=False)
+    return _get_global_client(raise_if_no_controller_running=False) is not None
 
 
 def stop_app() -> None:
