@@ -6,7 +6,7 @@ call without it reaches an application only when exactly one is deployed (Python
 one application per model plus the server app, so a plain Triton client (no such metadata) would get NOT_FOUND.
 Serve's gRPC server also binds every interface (`[::]:port`), and its port is fixed when Serve first starts.
 
-So this deployment runs a grpc.aio server itself, on the head node, bound where the user says (127.0.0.1 by
+So this deployment runs its own gRPC server (serve/_h2grpc.py: HTTP/2 on its event loop), on the head node, bound where the user says (127.0.0.1 by
 default), answers ServerLive/ServerReady/ServerMetadata, and forwards ModelInfer/ModelMetadata/ModelReady to
 the model's deployment by `model_name` through a DeploymentHandle: the same one hop the Python proxy makes, and
 the same replicas, batcher and bounded queues the HTTP path uses, whichever front end (haproxy or proxy) serves
@@ -38,6 +38,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from serve import _grpc
+from serve._h2grpc import GrpcServer, Handler, Metadata, RpcError
 from serve._http import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 from serve._ingress import LEAN_REPLICA_FLAGS, tune_gc
 from serve._messages import InferError
@@ -159,44 +160,34 @@ class GrpcRouter:
         self._replicas: dict[str, tuple[float, int]] = {}  # model -> (checked at, running replicas)
         self._replicas_task: asyncio.Task | None = None
         self._ready_cache = (0.0, False)
-        self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
-        ])
-        self._server.add_generic_rpc_handlers((self._handlers(),))
-        try:
-            bound = self._server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        except RuntimeError:
-            bound = 0
-        if not bound:
-            raise RuntimeError(f"cannot bind the gRPC port {host}:{port} (in use?)")
-        await self._server.start()
+        self._server = GrpcServer(self._handlers(), max_message_bytes=max_message_bytes)
+        await self._server.start(host, port)
 
-    def _handlers(self) -> grpc.GenericRpcHandler:
-        def unary(fn, request_type=None):
-            return grpc.unary_unary_rpc_method_handler(
-                self._guarded(fn),
-                request_deserializer=request_type.FromString if request_type else None,  # None: raw bytes
-                response_serializer=None if request_type is None else lambda m: m.SerializeToString(),
-            )
+    def _handlers(self) -> dict[str, Handler]:
+        return {f"/{_grpc.SERVICE}/{method}": self._guarded(fn, request_type) for method, fn, request_type in (
+            ("ServerLive", self._live, pb.ServerLiveRequest),
+            ("ServerReady", self._server_ready, pb.ServerReadyRequest),
+            ("ServerMetadata", self._server_metadata, pb.ServerMetadataRequest),
+            ("ModelReady", self._model_ready, pb.ModelReadyRequest),
+            ("ModelMetadata", self._model_metadata, pb.ModelMetadataRequest),
+            ("ModelInfer", self._infer, None),  # raw bytes: the router reads only the model's name
+        )}
 
-        return grpc.method_handlers_generic_handler(_grpc.SERVICE, {
-            "ServerLive": unary(self._live, pb.ServerLiveRequest),
-            "ServerReady": unary(self._server_ready, pb.ServerReadyRequest),
-            "ServerMetadata": unary(self._server_metadata, pb.ServerMetadataRequest),
-            "ModelReady": unary(self._model_ready, pb.ModelReadyRequest),
-            "ModelMetadata": unary(self._model_metadata, pb.ModelMetadataRequest),
-            "ModelInfer": unary(self._infer),
-        })
-
-    def _guarded(self, fn):
-        async def call(request, context: grpc.aio.ServicerContext):
-            if not _grpc.authorized(context.invocation_metadata(), self.token_sha256):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required "
-                                    "(metadata authorization: Bearer <token>)")
+    def _guarded(self, fn, request_type=None) -> Handler:
+        async def call(raw: bytes, metadata: Metadata) -> bytes:
+            if self.token_sha256 and not _grpc.authorized(((k.decode("latin-1"), v) for k, v in metadata),
+                                                          self.token_sha256):
+                raise RpcError(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required "
+                                                                "(metadata authorization: Bearer <token>)")
             try:
-                return await fn(request)
+                if request_type is None:
+                    return await fn(raw)
+                try:
+                    request = request_type.FromString(raw)
+                except Exception:  # noqa: BLE001 - protobuf's DecodeError differs between its implementations
+                    raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"the {request_type.__name__} message "
+                                                                  "cannot be parsed") from None
+                return (await fn(request)).SerializeToString()
             except InferError as exc:  # a request the router itself could not read
                 abort = Abort(_grpc.status_code(exc.status), exc.message, exc.retry_after_s)
             except Abort as exc:
@@ -204,9 +195,9 @@ class GrpcRouter:
             except Exception:
                 log.exception("gRPC call failed")
                 abort = Abort(grpc.StatusCode.INTERNAL, "internal error (see the server's log)")
-            if abort.retry_after_s is not None:
-                context.set_trailing_metadata((("retry-after", str(max(1, round(abort.retry_after_s)))),))
-            await context.abort(abort.code, abort.message)
+            trailing = [] if abort.retry_after_s is None else \
+                [(b"retry-after", str(max(1, round(abort.retry_after_s))).encode())]
+            raise RpcError(abort.code, abort.message, trailing)
 
         return call
 
@@ -308,7 +299,7 @@ class GrpcRouter:
     async def __del__(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            await server.stop(grace=5)
+            await server.stop(grace_s=5)
 
 
 def _running_replicas(models: list[str]) -> dict[str, int]:
