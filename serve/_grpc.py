@@ -78,6 +78,18 @@ def parse_infer(raw: bytes) -> pb.ModelInferRequest:
     return message
 
 
+def infer_model_name(raw: bytes) -> str:
+    """A ModelInferRequest's `model_name` (field 1) without parsing the message: read from the front, where
+    protobuf writers (Triton's clients, grpcio, upb) put field 1; a message laid out otherwise is parsed."""
+    if len(raw) >= 2 and raw[0] == 0x0A and raw[1] < 0x80 and 2 + raw[1] <= len(raw):  # field 1, short length
+        end = 2 + raw[1]
+        try:
+            return raw[2:end].decode()
+        except UnicodeDecodeError:
+            pass
+    return parse_infer(raw).model_name if raw else ""
+
+
 def infer_request(message: pb.ModelInferRequest) -> tuple[InferenceRequest, str | None]:
     """(request, version or None for the default) with every tensor's bytes attached for the codec to check."""
     raws = message.raw_input_contents

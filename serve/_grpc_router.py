@@ -6,11 +6,12 @@ call without it reaches an application only when exactly one is deployed (Python
 one application per model plus the server app, so a plain Triton client (no such metadata) would get NOT_FOUND.
 Serve's gRPC server also binds every interface (`[::]:port`), and its port is fixed when Serve first starts.
 
-So this deployment runs its own gRPC server (serve/_h2grpc.py: HTTP/2 on its event loop), on the head node, bound where the user says (127.0.0.1 by
-default), answers ServerLive/ServerReady/ServerMetadata, and forwards ModelInfer/ModelMetadata/ModelReady to
-the model's deployment by `model_name` through a DeploymentHandle: the same one hop the Python proxy makes, and
-the same replicas, batcher and bounded queues the HTTP path uses, whichever front end (haproxy or proxy) serves
-HTTP. ModelInfer's bytes are forwarded as received (the router reads only `model_name`); the model replica
+So this deployment runs its own gRPC server (serve/_h2grpc.py: HTTP/2 parsed on its event loop, not grpc.aio's
+threads), on the head node, bound where the user says (127.0.0.1 by default), answers ServerLive/ServerReady/
+ServerMetadata, and forwards ModelInfer/ModelMetadata/ModelReady to the model's deployment by `model_name`
+through a DeploymentHandle: the same one hop the Python proxy makes, and the same replicas, batcher and bounded
+queues the HTTP path uses, whichever front end (haproxy or proxy) serves HTTP. ModelInfer's bytes are forwarded
+as received (the router reads only `model_name`, from the message's first field); the model replica
 translates them (serve/_grpc.py) and answers serialized bytes.
 
 ModelInfer calls are coalesced per model (`Coalescer`): one handle call costs about as much router and replica
@@ -229,7 +230,7 @@ class GrpcRouter:
             _answer(await self._call(request.name, "grpc_metadata", request.version or None)))
 
     async def _infer(self, raw: bytes) -> bytes:
-        model = _grpc.parse_infer(raw).model_name if raw else ""
+        model = _grpc.infer_model_name(raw)
         self._handle(model)  # NOT_FOUND before it joins a group
         coalescer = self._coalescers.get(model)
         if coalescer is None:

@@ -165,7 +165,8 @@ class _Connection(asyncio.Protocol):
             return  # the client reset the stream or went away: nothing to answer
         except Exception:
             log.exception("gRPC call %s failed", call.path.decode(errors="replace"))
-            message, trailers = None, _status_trailers(grpc.StatusCode.INTERNAL, "internal error (see the server's log)")
+            message = None
+            trailers = _status_trailers(grpc.StatusCode.INTERNAL, "internal error (see the server's log)")
         if self.calls.pop(sid, None) is None:
             return  # reset while the handler ran
         stream = self.conn.stream(sid)
