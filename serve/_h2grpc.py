@@ -1,10 +1,11 @@
 """A lean gRPC server for unary calls: HTTP/2 parsed by zttp (a Zig core) on the caller's asyncio event loop.
 
 Why not grpc.aio: it runs HTTP/2 on its own poller and EventEngine threads and hands every call to the
-event loop's thread and back, ~0.3 ms of CPU and ~1.3 ms of latency per call, measured, which capped
-optiserve's gRPC front end at about half the HTTP JSON path's throughput. Here a call costs one zttp parse,
-one task and one socket write shared by every answer ready in the same turn of the loop (~20 us of protocol
-per call with a trivial handler, measured with h2load: ~6x less CPU than grpc.aio).
+event loop's thread and back (~1.3 ms of latency per call, measured in a replica), and it capped optiserve's
+gRPC front end at about half the HTTP JSON path's throughput. Here a call costs one zttp parse, one task and a
+share of one socket write per turn of the loop: answering fixed bytes to h2load at 16 connections, 22-25 us of
+CPU per call against ~190 us for a grpc.aio server doing the same (the router with this server: 1.4x / 1.6x the
+throughput at 16 / 64 connections, BENCHMARKS.md).
 
 Scope: what unary gRPC needs, no more. A handler is `async (request bytes, metadata) -> response bytes` or
 raises `RpcError(code, message, trailing metadata)`. Compressed messages, streaming calls and unknown methods
@@ -33,7 +34,7 @@ log = logging.getLogger("optiserve.serve")
 
 Metadata = list[tuple[bytes, bytes]]
 Handler = Callable[[bytes, Metadata], Awaitable[bytes]]
-MAX_STREAMS_PER_CONNECTION = 3072  # zttp refuses the 4,096th; the margin covers streams already in flight
+MAX_STREAMS_PER_CONNECTION = 3840  # zttp refuses the 4,096th; the margin covers streams already in flight
 RESPONSE_HEADERS = [(b"content-type", b"application/grpc")]
 _PREFIX = struct.Struct(">BI")  # gRPC's length-prefixed message: compressed flag, length
 
