@@ -68,14 +68,16 @@ def test_answers_errors_and_metadata_reach_grpcs_own_client():
             refused = error_of(channel.unary_unary("/t.S/Refuse"), b"x")
             crash = error_of(channel.unary_unary("/t.S/Crash"), b"x")
             missing = error_of(channel.unary_unary("/t.S/Nope"), b"x")
-            return refused, crash, missing
+            zipped = error_of(lambda body: echo(body, compression=grpc.Compression.Gzip), b"x" * 100)
+            return refused, crash, missing, zipped
 
-    refused, crash, missing = serve_while(client, handlers)
+    refused, crash, missing, zipped = serve_while(client, handlers)
     assert (b"authorization", b"Bearer t") not in handlers.metadata  # the last call sent none
     assert refused.code() == grpc.StatusCode.UNAVAILABLE and refused.details() == "model büsy: 100% of slots"
     assert ("retry-after", "2") in tuple(refused.trailing_metadata())
     assert crash.code() == grpc.StatusCode.INTERNAL and "a bug" not in crash.details()  # no internals leak
     assert missing.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert zipped.code() == grpc.StatusCode.UNIMPLEMENTED and "compressed" in zipped.details()
 
 
 def test_metadata_is_handed_to_the_handler():
@@ -121,7 +123,7 @@ def test_a_connection_is_retired_before_zttps_stream_limit_without_a_failed_call
     assert serve_while(client, Handlers()) == calls
 
 
-def test_a_client_that_gives_up_cancels_its_handler():
+def test_a_client_that_gives_up_or_runs_out_of_time_cancels_its_handler():
     handlers = Handlers()
 
     def client(port):
@@ -130,9 +132,14 @@ def test_a_client_that_gives_up_cancels_its_handler():
             assert handlers.started.wait(10)
             future.cancel()
             assert handlers.cancelled.wait(10)
-            return channel.unary_unary("/t.S/Echo")(b"ok")  # the connection still serves
+            handlers.started.clear()
+            handlers.cancelled.clear()
+            late = error_of(lambda body: channel.unary_unary("/t.S/Hang")(body, timeout=0.5), b"x")
+            assert handlers.cancelled.wait(10)
+            return late, channel.unary_unary("/t.S/Echo")(b"ok")  # the connection still serves
 
-    assert serve_while(client, handlers) == b"ko"
+    late, answer = serve_while(client, handlers)
+    assert late.code() == grpc.StatusCode.DEADLINE_EXCEEDED and answer == b"ko"
 
 
 def test_a_port_in_use_is_refused():
