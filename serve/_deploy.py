@@ -84,9 +84,11 @@ def model_app_args(repository: Path, name: str, cfg: ServeConfig, token_sha256: 
 
 
 def grpc_missing() -> str | None:
-    """Why gRPC cannot be served from this environment (its messages come from tritonclient), or None."""
+    """Why gRPC cannot be served from this environment (its messages come from tritonclient, its HTTP/2 from
+    zttp), or None."""
     try:
         import serve._grpc  # noqa: F401
+        import serve._h2grpc  # noqa: F401
     except ImportError as exc:
         return str(exc)
     return None
