@@ -95,9 +95,9 @@ def grpc_missing() -> str | None:
 
 
 def grpc_app_args(served: dict[str, str], cfg: ServeConfig, token_sha256: str | None, host: str,
-                  grpc_port: int) -> dict[str, Any]:
+                  grpc_port: int, http_port: int | None = None) -> dict[str, Any]:
     return {"models": sorted(served), "token_sha256": token_sha256, "host": host, "port": grpc_port,
-            "max_body_bytes": cfg.max_body_bytes}
+            "max_body_bytes": cfg.max_body_bytes, "http_host": host, "http_port": http_port}
 
 
 def serve_config(repository: Path, cfg: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000,
@@ -123,7 +123,7 @@ def serve_config(repository: Path, cfg: ServeConfig, *, host: str = "127.0.0.1",
         from serve._grpc_router import GRPC_APP
 
         apps.append({"name": GRPC_APP, "route_prefix": None, "import_path": "serve._grpc_router:grpc_app",
-                     "args": grpc_app_args(served, cfg, token, host, grpc_port)})
+                     "args": grpc_app_args(served, cfg, token, host, grpc_port, port)})
     return {"proxy_location": "EveryNode", "http_options": {"host": host, "port": port}, "applications": apps}
 
 
@@ -252,7 +252,7 @@ def start_app(
     if grpc_port:
         from serve._grpc_router import GRPC_APP, grpc_app
 
-        targets.append(rs.RunTarget(target=grpc_app(grpc_app_args(served, cfg, token, host, grpc_port)),
+        targets.append(rs.RunTarget(target=grpc_app(grpc_app_args(served, cfg, token, host, grpc_port, port)),
                                     name=GRPC_APP, route_prefix=None))
     try:
         rs.run_many(targets)

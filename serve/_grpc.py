@@ -14,8 +14,11 @@ Triton's clients speak.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
+import math
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -157,3 +160,69 @@ def model_metadata(meta: ModelMetadata) -> pb.ModelMetadataResponse:
 
 def server_metadata(name: str, version: str, extensions: list[str]) -> pb.ServerMetadataResponse:
     return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+
+
+# ---- groups: the router's coalesced ModelInfer calls, to and from a model replica over HTTP -------------
+
+GROUP_CONTENT_TYPE = "application/x-optiserve-grpc-group"
+Result = tuple[int, bytes | str, float | None]  # (HTTP-style status, payload or message, retry-after s)
+_LEN = struct.Struct("<I")
+_RESULT = struct.Struct("<HdI")  # status, retry-after (NaN: none), payload length
+
+
+def pack_group(raws: list[bytes]) -> bytes:
+    return b"".join(_LEN.pack(len(raw)) + raw for raw in raws)
+
+
+def unpack_group(body: bytes) -> list[bytes]:
+    view, out, at = memoryview(body), [], 0
+    while at < len(body):
+        if at + 4 > len(body):
+            raise InferError(400, "a truncated gRPC group")
+        (n,) = _LEN.unpack_from(body, at)
+        at += 4
+        if at + n > len(body):
+            raise InferError(400, "a truncated gRPC group")
+        out.append(bytes(view[at:at + n]))
+        at += n
+    return out
+
+
+def pack_results(results: list[Result]) -> bytes:
+    parts = []
+    for status, payload, retry in results:
+        data = payload if isinstance(payload, bytes) else str(payload).encode()
+        parts.append(_RESULT.pack(status, math.nan if retry is None else retry, len(data)) + data)
+    return b"".join(parts)
+
+
+def unpack_results(body: bytes) -> list[Result]:
+    out, at = [], 0
+    while at < len(body):
+        status, retry, n = _RESULT.unpack_from(body, at)
+        at += _RESULT.size
+        data = body[at:at + n]
+        at += n
+        out.append((status, data if status == 200 else data.decode(errors="replace"),
+                    None if math.isnan(retry) else retry))
+    return out
+
+
+async def infer_many(runtime, raws: list[bytes]) -> list[Result]:
+    """A group of ModelInfer requests the router coalesced: submitted to the batcher together (so they can
+    share batches), one answer per request, in order; one request's mistake is its own answer."""
+    async def one(raw: bytes) -> Result:
+        try:
+            request, version = infer_request(parse_infer(raw))
+            # the router's group is the batch-to-be: it does not also wait for batch_wait_timeout_ms
+            response = await runtime.infer(request, version, wait=False)
+            return 200, infer_response(response).SerializeToString(), None
+        except InferError as exc:
+            return exc.status, exc.message, exc.retry_after_s
+        except Exception:  # a failure of this request alone must not fail the others of its group
+            logging.getLogger("optiserve.serve").exception("gRPC inference failed")
+            return 500, "internal error (see the model replica's log)", None
+
+    if len(raws) == 1:
+        return [await one(raws[0])]
+    return list(await asyncio.gather(*(one(raw) for raw in raws)))

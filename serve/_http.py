@@ -253,6 +253,8 @@ class InferFastPath:
             headers = dict(scope.get("headers") or [])
             encoding = headers.get(b"content-encoding")
             body = _decompress(body, encoding.decode("latin-1") if encoding else None, self.max_body_bytes)
+            if headers.get(b"content-type") == GROUP_TYPE:  # the gRPC router's coalesced ModelInfer calls
+                return await self._grpc_group(body, send)
             infer_header = headers.get(INFER_HEADER.lower().encode())
             request = parse_request(body, infer_header.decode("latin-1") if infer_header else None)
             response = await self.runtime.infer(request, version)
@@ -270,6 +272,18 @@ class InferFastPath:
                         (INFER_HEADER.lower().encode(), str(header_length).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": out})
+
+
+    async def _grpc_group(self, body: bytes, send) -> None:
+        from serve import _grpc
+
+        out = _grpc.pack_results(await _grpc.infer_many(self.runtime, _grpc.unpack_group(body)))
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-length", str(len(out)).encode()), (b"content-type", GROUP_TYPE)]})
+        await send({"type": "http.response.body", "body": out})
+
+
+GROUP_TYPE = b"application/x-optiserve-grpc-group"
 
 
 def _route_path(scope) -> str:

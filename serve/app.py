@@ -161,29 +161,9 @@ class ModelServer:
     # travels as a Ray exception.
 
     async def grpc_infer_many(self, raws: list[bytes]) -> list[tuple[int, bytes | str, float | None]]:
-        """A group of ModelInfer requests the router coalesced: submitted to the batcher together (so they
-        can share batches), one answer per request, in order; one request's mistake is its own answer."""
-        async def one(raw: bytes) -> tuple[int, bytes | str, float | None]:
-            try:
-                return await self._grpc_infer(raw)
-            except Exception:  # a failure of this request alone must not fail the others of its group
-                logging.getLogger("optiserve.serve").exception("gRPC inference failed")
-                return 500, "internal error (see the model replica's log)", None
-
-        if len(raws) == 1:
-            return [await one(raws[0])]
-        return list(await asyncio.gather(*(one(raw) for raw in raws)))
-
-    async def _grpc_infer(self, raw: bytes) -> tuple[int, bytes | str, float | None]:
         from serve import _grpc
 
-        try:
-            request, version = _grpc.infer_request(_grpc.parse_infer(raw))
-            # the router's group is the batch-to-be: it does not also wait for batch_wait_timeout_ms
-            response = await self.runtime.infer(request, version, wait=False)
-            return 200, _grpc.infer_response(response).SerializeToString(), None
-        except InferError as exc:
-            return exc.status, exc.message, exc.retry_after_s
+        return await _grpc.infer_many(self.runtime, raws)
 
     async def grpc_metadata(self, version: str | None) -> tuple[int, bytes | str, float | None]:
         from serve import _grpc

@@ -165,3 +165,26 @@ def test_bytes_elements_use_the_binary_extensions_length_prefix():
                                                        .SerializeToString()))
     arrays, _ = decode_inputs(request, [TensorSpec("x", "BYTES", [-1])], split_rows=True)
     assert arrays["x"].tolist() == ["ab", ""]
+
+
+def test_groups_and_their_results_travel_as_framed_bytes():
+    raws = [b"first", b"", bytes(range(256)) * 10]
+    assert _grpc.unpack_group(_grpc.pack_group(raws)) == raws
+    results = [(200, b"\x00answer", None), (503, "queue is full: ü", 2.0), (400, "bad shape", None)]
+    assert _grpc.unpack_results(_grpc.pack_results(results)) == results
+    for truncated in (_grpc.pack_group(raws)[:-1], b"\x05\x00\x00"):
+        with pytest.raises(InferError) as info:
+            _grpc.unpack_group(truncated)
+        assert info.value.status == 400
+
+
+def test_the_model_name_is_read_without_parsing_the_message():
+    message = service_pb2.ModelInferRequest(model_name="digits-mlp", id="7")
+    message.raw_input_contents.append(b"\x00" * 1000)
+    assert _grpc.infer_model_name(message.SerializeToString()) == "digits-mlp"
+    long_name = "m" * 200  # a two-byte length: parsed instead
+    assert _grpc.infer_model_name(service_pb2.ModelInferRequest(model_name=long_name).SerializeToString()) == long_name
+    assert _grpc.infer_model_name(service_pb2.ModelInferRequest(id="x").SerializeToString()) == ""
+    assert _grpc.infer_model_name(b"") == ""
+    with pytest.raises(InferError):  # a length past the end is not a name
+        _grpc.infer_model_name(b"\x0a\x09mlp")

@@ -182,7 +182,7 @@ def test_a_large_group_or_one_whose_answers_outgrew_serves_grpc_transport_goes_b
             raise grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata())
         return [(200, b"ok", None)] * len(raws)
 
-    router._call = call
+    router._call, router._http = call, None  # no HTTP port known: every group through the handle
     small, big = [b"x" * 100] * 3, [b"x" * (MAX_GROUP_BYTES + 1)]
     assert asyncio.run(router._infer_group("m", small)) == [(200, b"ok", None)] * 3
     assert asyncio.run(router._infer_group("m", big)) == [(200, b"ok", None)]
@@ -190,3 +190,46 @@ def test_a_large_group_or_one_whose_answers_outgrew_serves_grpc_transport_goes_b
     assert sent == [(3, False), (1, True), (1, False), (1, True)]
     with pytest.raises(grpc.aio.AioRpcError):  # any other transport failure is not retried
         asyncio.run(router._infer_group("m", [b"down"]))
+
+
+def test_groups_go_over_http_and_an_answer_about_the_whole_post_is_every_requests():
+    from serve import _grpc
+
+    class Bare(GrpcRouter.func_or_class):
+        def __del__(self) -> None:  # no server was started
+            pass
+
+    class FakePool:
+        def __init__(self) -> None:
+            self.posts, self.answer = [], None
+
+        async def post(self, path, body, headers):
+            self.posts.append((path, _grpc.unpack_group(body), dict(headers)))
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+    router = object.__new__(Bare)
+    router._http, router._authorization = FakePool(), "Bearer t"
+    handled = []
+
+    async def call(model, method, raws, by_reference=False):
+        handled.append((len(raws), by_reference))
+        return [(200, b"by handle", None)] * len(raws)
+
+    router._call = call
+    router._http.answer = (200, [], _grpc.pack_results([(200, b"a", None), (400, "bad", None)]))
+    assert asyncio.run(router._infer_group("mlp", [b"1", b"2"])) == [(200, b"a", None), (400, "bad", None)]
+    path, raws, headers = router._http.posts[0]
+    assert path == "/v2/models/mlp/infer" and raws == [b"1", b"2"]
+    assert headers == {"content-type": _grpc.GROUP_CONTENT_TYPE, "authorization": "Bearer t"}
+    router._http.answer = (503, [(b"retry-after", b"3")], b'{"error": "no replica is up"}')
+    assert asyncio.run(router._infer_group("mlp", [b"1", b"2"])) == [(503, "no replica is up", 3.0)] * 2
+    router._http.answer = (503, [], b"<html>503 Service Unavailable</html>")  # HAProxy's own page
+    assert asyncio.run(router._infer_group("mlp", [b"1"])) == [(503, "<html>503 Service Unavailable</html>", 1.0)]
+    router._http.answer = ConnectionRefusedError("refused")
+    with pytest.raises(Abort) as info:
+        asyncio.run(router._infer_group("mlp", [b"1"]))
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.retry_after_s == 1.0
+    assert asyncio.run(router._infer_group("mlp", [b"x" * (MAX_GROUP_BYTES + 1)])) == [(200, b"by handle", None)]
+    assert handled == [(1, True)] and len(router._http.posts) == 4  # a larger single request: by reference

@@ -349,3 +349,29 @@ def test_compressed_request_bodies(repo, helpers):
 
 def test_server_metadata_lists_the_binary_extension(app):
     assert "binary_tensor_data" in run(app, lambda c: c.get("/v2")).json()["extensions"]
+
+
+def test_a_grpc_group_is_answered_one_result_per_request(repo):
+    from serve import _grpc
+
+    app, _ = make_app(repo, token=True)
+    x = np.ones((1, 64), np.float32)
+    good = _grpc.pb.ModelInferRequest(model_name="mlp", inputs=[_grpc.pb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=[1, 64])], raw_input_contents=[x.tobytes()]).SerializeToString()
+    bad = _grpc.pb.ModelInferRequest(model_name="mlp", inputs=[_grpc.pb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=[1, 63])], raw_input_contents=[x.tobytes()]).SerializeToString()
+    group = _grpc.pack_group([good, bad, good])
+    headers = {"content-type": _grpc.GROUP_CONTENT_TYPE, "authorization": f"Bearer {TOKEN}"}
+
+    async def calls(c):
+        return (await c.post("/v2/models/mlp/infer", content=group, headers=headers),
+                await c.post("/v2/models/mlp/infer", content=group, headers={**headers, "authorization": "Bearer x"}),
+                await c.post("/v2/models/mlp/infer", content=b"\x09\x00", headers=headers))
+
+    answered, unauthorized, truncated = run(app, calls)
+    assert answered.status_code == 200
+    results = _grpc.unpack_results(answered.content)
+    assert [status for status, _, _ in results] == [200, 400, 200] and "63" in results[1][1]
+    logits = np.frombuffer(_grpc.pb.ModelInferResponse.FromString(results[0][1]).raw_output_contents[0], "<f4")
+    assert logits.shape == (10,) and results[0][1] == results[2][1]
+    assert unauthorized.status_code == 401 and truncated.status_code == 400  # the token guards groups too
