@@ -167,6 +167,7 @@ def server_metadata(name: str, version: str, extensions: list[str]) -> pb.Server
 GROUP_CONTENT_TYPE = "application/x-optiserve-grpc-group"
 Result = tuple[int, bytes | str, float | None]  # (HTTP-style status, payload or message, retry-after s)
 _LEN = struct.Struct("<I")
+GROUP_FRAMING = _LEN.size  # bytes a group adds per message
 _RESULT = struct.Struct("<HdI")  # status, retry-after (NaN: none), payload length
 
 

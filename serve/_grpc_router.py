@@ -58,7 +58,7 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource of the head node
 log = logging.getLogger("optiserve.serve")
 pb = _grpc.pb
 Result = _grpc.Result
-MAX_GROUP = 64  # requests per coalesced handle call
+MAX_GROUP = 64  # requests per coalesced call
 # With RAY_SERVE_THROUGHPUT_OPTIMIZED (the haproxy ingress) Serve's handles reach replicas over gRPC, whose
 # messages are capped (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH, 4 MiB by default). A group stays under
 # MAX_GROUP_BYTES; a larger single request, or a group whose answers outgrew the cap, goes by reference (a Ray
@@ -174,6 +174,7 @@ class GrpcRouter:
         wildcard = http_host in ("0.0.0.0", "::", "")
         self._http = Http1Pool("127.0.0.1" if wildcard else http_host, http_port) if http_port else None
         self._authorization = ""  # a token a caller proved (there is one server token): sent along to HTTP
+        self._max_post = max_message_bytes  # the model app's body limit (max_body_bytes) applies to a group's POST
         self._server = GrpcServer(self._handlers(), max_message_bytes=max_message_bytes)
         await self._server.start(host, port)
 
@@ -254,9 +255,10 @@ class GrpcRouter:
         return _answer(await coalescer.submit(raw))
 
     async def _infer_group(self, model: str, raws: list[bytes]) -> list[Result]:
-        if self._http is not None and sum(map(len, raws)) <= MAX_GROUP_BYTES:
+        framed = sum(map(len, raws)) + _grpc.GROUP_FRAMING * len(raws)
+        if self._http is not None and framed <= self._max_post:
             return await self._infer_group_http(model, raws)
-        return await self._infer_group_handle(model, raws)  # a larger single request: by reference
+        return await self._infer_group_handle(model, raws)  # over the body limit: a handle call (by reference)
 
     async def _infer_group_http(self, model: str, raws: list[bytes]) -> list[Result]:
         """One POST of the group to the model's infer route on the HTTP front end; the replica's answer is one

@@ -210,7 +210,7 @@ def test_groups_go_over_http_and_an_answer_about_the_whole_post_is_every_request
             return self.answer
 
     router = object.__new__(Bare)
-    router._http, router._authorization = FakePool(), "Bearer t"
+    router._http, router._authorization, router._max_post = FakePool(), "Bearer t", MAX_GROUP_BYTES
     handled = []
 
     async def call(model, method, raws, by_reference=False):
@@ -232,4 +232,6 @@ def test_groups_go_over_http_and_an_answer_about_the_whole_post_is_every_request
         asyncio.run(router._infer_group("mlp", [b"1"]))
     assert info.value.code == grpc.StatusCode.UNAVAILABLE and info.value.retry_after_s == 1.0
     assert asyncio.run(router._infer_group("mlp", [b"x" * (MAX_GROUP_BYTES + 1)])) == [(200, b"by handle", None)]
-    assert handled == [(1, True)] and len(router._http.posts) == 4  # a larger single request: by reference
+    router._max_post = 1000  # a server with a small max_body_bytes: a group over it goes by handle, never a 413
+    assert asyncio.run(router._infer_group("mlp", [b"x" * 500] * 2)) == [(200, b"by handle", None)] * 2
+    assert handled == [(1, True), (2, False)] and len(router._http.posts) == 4
