@@ -65,19 +65,30 @@ class Http1Pool:
         self._idle: list[_Connection] = []
 
     async def post(self, path: str, body: bytes, headers: list[tuple[str, str]]) -> tuple[int, list, bytes]:
+        """(status, headers, body). A kept-alive connection that fails before its answer is retried once on a
+        new one: a server may close an idle connection just as it is reused (the router's calls are inference,
+        which has no side effects, so a retry is safe)."""
         head = (f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\ncontent-length: {len(body)}\r\n"
                 + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode("latin-1")
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed:
+                try:
+                    return self._keep(connection, await connection.request(head, body))
+                except ConnectionError:
+                    connection.transport.close()
+                except BaseException:
+                    connection.transport.close()
+                    raise
                 break
-        else:
-            _, connection = await asyncio.get_running_loop().create_connection(_Connection, self.host, self.port)
+        _, connection = await asyncio.get_running_loop().create_connection(_Connection, self.host, self.port)
         try:
-            answer = await connection.request(head, body)
+            return self._keep(connection, await connection.request(head, body))
         except BaseException:
             connection.transport.close()
             raise
+
+    def _keep(self, connection: _Connection, answer: tuple[int, list, bytes]) -> tuple[int, list, bytes]:
         if not connection.closed:
             self._idle.append(connection)
         return answer

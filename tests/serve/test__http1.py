@@ -24,6 +24,8 @@ async def start_server(answers: list[bytes]):
                               if line.lower().startswith(b"content-length")))
             seen.append((me, head + await reader.readexactly(length)))
             answer = answers.pop(0)
+            if not answer:  # close without answering, as a server closing an idle connection just then
+                break
             writer.write(answer)
             await writer.drain()
             if b"connection: close" in answer.lower():
@@ -56,6 +58,26 @@ def test_answers_reuse_one_connection_until_the_server_closes_it():
     assert [connection for connection, _ in seen] == [1, 1, 1, 2]  # a new connection only after the close
     assert seen[0][1].startswith(b"POST /a HTTP/1.1\r\n") and seen[0][1].endswith(b"\r\n\r\nx")
     assert b"content-type: t/x\r\n" in seen[2][1]
+
+
+def test_a_kept_alive_connection_closed_under_a_request_is_retried_once_on_a_new_one():
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+    async def main():
+        server, port, seen = await start_server([ok, b"", ok, b"", b""])
+        pool = Http1Pool("127.0.0.1", port)
+        try:
+            first, second = await pool.post("/a", b"1", []), await pool.post("/a", b"2", [])
+            with pytest.raises(ConnectionError):  # a new connection that fails is not retried
+                await pool.post("/a", b"3", [])
+        finally:
+            pool.close()
+            server.close()
+        return first, second, seen
+
+    first, second, seen = asyncio.run(main())
+    assert first[2] == second[2] == b"ok"
+    assert [connection for connection, _ in seen] == [1, 1, 2, 2, 3]
 
 
 def test_concurrent_posts_each_get_their_own_answer():
