@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -148,12 +149,13 @@ def use_token_auth_if_available() -> None:
 
 def ensure_cluster(
     address: str | None = None, num_cpus: int = DEFAULT_NUM_CPUS, timeout_s: float = 60,
-    env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None, exclude: Iterable[int] = (),
 ) -> Cluster:
     """Return a running cluster: the given/RAY_ADDRESS one, our recorded local head, or a new local head.
 
     `env` is added to a new head's environment, which every Ray process on it inherits (Ray Serve reads its
-    feature flags there, at import); a recorded head keeps the environment it started with (see `Cluster.env`)."""
+    feature flags there, at import); a recorded head keeps the environment it started with (see `Cluster.env`).
+    A new head's own ports avoid `exclude`."""
     use_token_auth_if_available()  # the head we may start and every client of it must agree on auth
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -163,7 +165,8 @@ def ensure_cluster(
     recorded = _recorded(directory)
     if recorded and _alive(recorded):
         return recorded
-    taken = {int(v) for v in (env or {}).values() if v.isdigit()}  # ports the caller's env already uses
+    # ports the caller's env already uses, and those it is about to bind (a server's own ports)
+    taken = {int(v) for v in (env or {}).values() if v.isdigit()} | set(exclude)
     gcs, dash, *picked = free_ports(9, exclude=taken)
     flags = ("--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
              "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port")

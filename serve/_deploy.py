@@ -144,18 +144,20 @@ def cluster_env_comment(cfg: ServeConfig) -> str:
     )
 
 
-def _connect(address: str | None, ingress: str) -> tuple[str | None, str]:
-    """Join or start the cluster; returns its address and the front end it will really serve with."""
+def _connect(address: str | None, ingress: str, keep: frozenset[int] = frozenset()) -> tuple[str | None, str]:
+    """Join or start the cluster; returns its address and the front end it will really serve with. A head it
+    starts picks its own ports around `keep` (the ports the server is about to bind)."""
     import os
 
     import ray
 
     if ray.is_initialized():  # the caller (a test, a notebook) already chose a cluster, started from its env
         return ray.get_runtime_context().gcs_address, _active(os.environ)
-    from optiserve.ray_cluster import ensure_cluster, free_port, state_dir
+    from optiserve.ray_cluster import ensure_cluster, free_ports, state_dir
 
     key = f"{state_dir()}:{os.getpid()}:{time.time_ns()}"
-    cluster = ensure_cluster(address, env=_ingress.cluster_env(ingress, key, free_port))
+    env = _ingress.cluster_env(ingress, key, lambda: free_ports(1, exclude=keep)[0])
+    cluster = ensure_cluster(address, env=env, exclude=keep)
     ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
     if cluster.owned:
         return cluster.address, _active(cluster.env or {})
@@ -222,7 +224,7 @@ def start_app(
         autoscaling = build_autoscaling_config(
             autoscaling_policy, str(autoscaling_config) if autoscaling_config else None, min_replicas, max_replicas
         )
-    cluster_address, active = _connect(address, ingress)
+    cluster_address, active = _connect(address, ingress, frozenset(p for p in (port, grpc_port) if p))
     notes = []
     if active != ingress:
         flags = " ".join(f"{k}={v}" for k, v in _ingress.FAST_PATH_FLAGS.items())

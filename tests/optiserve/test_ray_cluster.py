@@ -27,3 +27,19 @@ def test_a_port_in_use_is_passed_over(monkeypatch):
     with socket.socket() as held:
         held.bind(("127.0.0.1", taken))
         assert ray_cluster.free_port() == other
+
+
+def test_a_new_head_picks_its_ports_around_the_callers(monkeypatch, tmp_path):
+    """`modelserve start --port P --grpc-port G` starts a head whose own ports must never be P or G."""
+    monkeypatch.setenv("OPTISERVE_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    asked = {}
+
+    def free_ports(count, exclude=frozenset()):
+        asked.update(count=count, exclude=set(exclude))
+        raise RuntimeError("stop before starting Ray")
+
+    monkeypatch.setattr(ray_cluster, "free_ports", free_ports)
+    with pytest.raises(RuntimeError, match="stop before"):
+        ray_cluster.ensure_cluster(env={"RAY_SERVE_HAPROXY_STATS_PORT": "21000"}, exclude={25001, 25002})
+    assert asked == {"count": 9, "exclude": {21000, 25001, 25002}}

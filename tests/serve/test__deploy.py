@@ -1,5 +1,6 @@
 """Planning and the generated Ray Serve config file (no Ray started)."""
 
+import pytest
 import yaml
 
 from serve._deploy import grpc_missing, plan, serve_config
@@ -45,3 +46,29 @@ def test_grpc_is_turned_off_with_the_reason_when_tritonclient_is_missing(monkeyp
     monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # as after a plain `pip install optiserve`
     monkeypatch.delitem(sys.modules, "serve._grpc", raising=False)
     assert "pip install 'tritonclient[grpc]'" in grpc_missing()
+
+
+def test_a_head_started_for_a_server_keeps_clear_of_its_ports(monkeypatch):
+    """The head `start_app` starts picks its side ports (HAProxy's, Ray's own) around the HTTP and gRPC ports the
+    server binds next (a clash made `make demo` fail once: the head's node manager took the chosen gRPC port)."""
+    import ray
+
+    from optiserve import ray_cluster
+    from serve import _deploy
+
+    excluded, started = [], {}
+
+    def free_ports(count, exclude=frozenset()):
+        excluded.append(set(exclude))
+        return [21000 + len(excluded)] * count
+
+    def ensure_cluster(address=None, env=None, exclude=()):
+        started.update(env=env, exclude=set(exclude))
+        raise RuntimeError("stop before starting Ray")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_cluster, "free_ports", free_ports)
+    monkeypatch.setattr(ray_cluster, "ensure_cluster", ensure_cluster)
+    with pytest.raises(RuntimeError, match="stop before"):
+        _deploy._connect(None, "haproxy", frozenset({25001, 25002}))
+    assert started["exclude"] == {25001, 25002} and excluded and all(e == {25001, 25002} for e in excluded)
