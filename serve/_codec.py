@@ -160,8 +160,8 @@ def _decode_tensor(tensor: RequestInput, spec: TensorSpec) -> np.ndarray:
     )
     if not fits:
         raise InferError(400, f"input {name!r} has shape {shape}, the model expects {_fmt(spec.shape)}")
-    if tensor._raw is not None:
-        return _decode_binary(name, tensor._raw, spec.datatype, shape)
+    if tensor.raw is not None:
+        return _decode_binary(name, tensor.raw, spec.datatype, shape)
     if dtype is None:
         return _decode_json_bytes(name, tensor.data, shape)
     return _decode_json(name, tensor.data, dtype, spec.datatype, shape)
@@ -300,8 +300,8 @@ def encode_outputs(
         arr = np.asarray(outputs[name])
         out = ResponseOutput(name=name, shape=list(arr.shape), datatype=datatypes[name])
         if binary:
-            out._raw = _tensor_bytes(arr, datatypes[name])
-            out.parameters = {"binary_data_size": len(out._raw)}
+            raw = out._raw = _tensor_bytes(arr, datatypes[name])
+            out.parameters = {"binary_data_size": len(raw)}
         elif datatypes[name] == "BYTES":
             out.data = [_text(v) for v in arr.ravel().tolist()]
         else:
@@ -326,7 +326,7 @@ def _text(value: Any) -> str:
 def render_response(response: InferenceResponse) -> tuple[bytes, int | None]:
     """(body, JSON header length): the header length is None when no output is binary (a plain JSON body)."""
     header = response.model_dump_json(exclude_none=True).encode()
-    raws = [o._raw for o in response.outputs if o._raw is not None]
+    raws = [o.raw for o in response.outputs if o.raw is not None]
     if not raws:
         return header, None
     return b"".join([header, *raws]), len(header)

@@ -143,9 +143,9 @@ def infer_response(response: InferenceResponse) -> pb.ModelInferResponse:
     )
     for out in response.outputs:
         message.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-        if out._raw is None:
+        if out.raw is None:
             raise ValueError(f"output {out.name!r} was not encoded as binary data")
-        message.raw_output_contents.append(out._raw)
+        message.raw_output_contents.append(out.raw)
     return message
 
 

@@ -29,6 +29,11 @@ class RequestInput(BaseModel):
     parameters: dict[str, Any] | None = None
     _raw: memoryview | None = PrivateAttr(None)
 
+    @property
+    def raw(self) -> memoryview | None:
+        """The tensor's bytes when it came as binary data (Triton's extension, gRPC raw contents), else None."""
+        return self.__pydantic_private__["_raw"]  # pydantic's own lookup (`__getattr__`) costs ~2.5 us a read
+
 
 class RequestOutput(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -51,6 +56,11 @@ class ResponseOutput(BaseModel):
     data: list[Any] | None = None
     parameters: dict[str, Any] | None = None
     _raw: bytes | None = PrivateAttr(None)
+
+    @property
+    def raw(self) -> bytes | None:
+        """The tensor's bytes when it is answered as binary data, else None."""
+        return self.__pydantic_private__["_raw"]  # as RequestInput.raw
 
 
 class InferenceResponse(BaseModel):
