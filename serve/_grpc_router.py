@@ -15,10 +15,10 @@ router reads only `model_name` (from the message's first field); the model repli
 ModelInfer groups (below) travel as one HTTP POST to the model's infer route on the server's own HTTP port
 (`serve/_http1.py`, kept-alive connections): under HAProxy that is C straight to a replica's own HTTP server and
 event loop, as HTTP requests go, with HAProxy's balancing and draining. Through a DeploymentHandle instead (Ray's
-gRPC transport: grpc.aio threads in the router and in the replica, a Ray request wrapper), measured A/B on this
-project's 2-core machine, 1 / 16 / 64 connections: 137-160 / 913-1,047 / 2,005-2,528 req/s against 392-418 /
-1,855-2,029 / 2,500-2,754 over HTTP. The handle stays for ModelMetadata/ModelReady, for a single request larger
-than a group may be (it goes by reference, as a Ray object), and when no HTTP port is known.
+gRPC transport: grpc.aio threads in the router and in the replica, a Ray request wrapper), gRPC reached 0.79x /
+0.48x / 0.76x JSON's req/s on the same server at 1 / 16 / 64 connections; over HTTP 2.03x / 0.75x / 1.08x
+(`bench_serve.py`, 2-core machine, BENCHMARKS.md session 27). The handle stays for ModelMetadata/ModelReady, for a
+single request larger than a group may be (it goes by reference, as a Ray object), and when no HTTP port is known.
 
 ModelInfer calls are coalesced per model (`Coalescer`): one forwarded call costs about as much router and
 replica time as a small inference, so calls that arrive while the model's allowed calls are all in flight wait
@@ -64,7 +64,9 @@ MAX_GROUP = 64  # requests per coalesced call
 # MAX_GROUP_BYTES; a larger single request, or a group whose answers outgrew the cap, goes by reference (a Ray
 # actor call, no such cap).
 MAX_GROUP_BYTES = 2 << 20
-SLOTS_PER_REPLICA = 2  # handle calls in flight per running replica (measured: 1 serializes, 4 forms small groups)
+# Group calls in flight per running replica. Measured A/B (BENCHMARKS.md session 28): 4 behind 2 at 16 and 64
+# connections; 1 level with 2 at 16 (within the spread), behind at 64.
+SLOTS_PER_REPLICA = 2
 REPLICAS_TTL_S = 5.0  # how long a model's running-replica count is trusted (Serve's status costs the router CPU)
 
 
