@@ -23,8 +23,9 @@ single request larger than a group may be (it goes by reference, as a Ray object
 ModelInfer calls are coalesced per model (`Coalescer`): one forwarded call costs about as much router and
 replica time as a small inference, so calls that arrive while the model's allowed calls are all in flight wait
 and leave together, as ONE call carrying a list of requests (the replica submits them to its batcher at once
-and answers one result per request: its own bytes or its own error). Nothing waits on purpose: with a free
-slot a call leaves at the next turn of the event loop. Slots scale with the model's running replicas, so
+and answers one result per request: its own bytes or its own error). Nothing waits on a timer: with no group in
+flight a call leaves at the next turn of the event loop; while one is, the next leaves with its share of the
+callers or once the groups in flight are back (see `Coalescer`). Slots scale with the model's running replicas, so
 HAProxy's (or Serve's) balancing still spreads groups over every replica; each request inside a group still
 meets the replica's bounded queue (overload is its own UNAVAILABLE with retry-after), and a group is an
 ordinary request (roll-out and scale-down drain it as any other).
@@ -67,6 +68,9 @@ MAX_GROUP_BYTES = 2 << 20
 # Group calls in flight per running replica. Measured A/B (BENCHMARKS.md session 28): 4 behind 2 at 16 and 64
 # connections; 1 level with 2 at 16 (within the spread), behind at 64.
 SLOTS_PER_REPLICA = 2
+# How fast the router forgets how many callers it saw at once (per flush): the share a group waits for shrinks with
+# the load instead of holding the next few callers back for a round trip.
+CALLERS_DECAY = 0.9
 REPLICAS_TTL_S = 5.0  # how long a model's running-replica count is trusted (Serve's status costs the router CPU)
 
 
@@ -79,10 +83,16 @@ class Abort(Exception):
 class Coalescer:
     """Gathers one model's requests into group calls: `send(list of requests) -> list of results, in order`.
 
-    At most `slots()` groups are in flight; a request that finds a free slot leaves at the next turn of the
-    event loop (with whatever else arrived in that turn), otherwise it joins the next group, which leaves as
-    soon as a slot frees. A group holds at most `max_group` requests and `max_bytes` bytes. If `send` raises,
-    every request of that group gets the exception. Pure asyncio: no Ray, no gRPC."""
+    At most `slots()` groups are in flight. With none in flight, a request leaves at the next turn of the event
+    loop (with whatever else arrived in that turn). While one is, the next group leaves once it holds its share
+    of the callers (the most requests seen pending and in flight at once, decaying, over the slots), or when a
+    slot frees and the groups in flight are all back. Sending whatever waits the moment a slot frees made groups
+    of every size from 1 to 16 at 16 connections (the answered callers had not sent again yet), each costing a
+    model run and a round trip; held to their share they even out (measured: +12-37 % req/s at 16 connections,
+    BENCHMARKS.md session 28). The wait is never a timer: at most until the groups in flight are back. A group
+    holds at most `max_group` requests and `max_bytes` bytes; once one leaves, every request waiting leaves (in as
+    many groups as the slots allow). If `send` raises, every request of that group gets the exception. Pure
+    asyncio: no Ray, no gRPC."""
 
     def __init__(self, send: Callable[[list[bytes]], Awaitable[list[Any]]], slots: Callable[[], int],
                  max_group: int = MAX_GROUP, max_bytes: int = MAX_GROUP_BYTES) -> None:
@@ -90,6 +100,8 @@ class Coalescer:
         self.max_group, self.max_bytes = max_group, max_bytes
         self._pending: deque[tuple[bytes, asyncio.Future]] = deque()
         self._in_flight = 0
+        self._rows_in_flight = 0
+        self._callers = 0.0  # requests seen at once (pending + in flight), decaying: the expected group total
         self._scheduled = False
         self._tasks: set[asyncio.Task] = set()
 
@@ -111,10 +123,14 @@ class Coalescer:
     def _flush(self) -> None:
         self._scheduled = False
         slots = max(1, self._slots())
+        self._callers = max(len(self._pending) + self._rows_in_flight, CALLERS_DECAY * self._callers)
+        if self._in_flight and len(self._pending) < min(self._callers / slots, self.max_group):
+            return  # leaves with its share of the callers, or once the groups in flight are back (see the class)
         while self._pending and self._in_flight < slots:
             group = self._take()
             if group:
                 self._in_flight += 1
+                self._rows_in_flight += len(group)
                 task = asyncio.get_running_loop().create_task(self._run(group))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -153,6 +169,7 @@ class Coalescer:
                     future.set_result(result)
         finally:
             self._in_flight -= 1
+            self._rows_in_flight -= len(group)
             self._schedule()
 
 

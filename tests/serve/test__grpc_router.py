@@ -119,6 +119,36 @@ def test_coalescer_bounds_groups_by_count_and_bytes_and_uses_every_slot():
     asyncio.run(scenario())
 
 
+def test_coalescer_holds_a_group_to_its_share_of_the_callers_while_another_is_in_flight():
+    async def scenario():
+        model = FakeModel()
+        co = Coalescer(model.send, lambda: 2)
+        first = [asyncio.ensure_future(co.submit(b"a%d" % i)) for i in range(8)]
+        await settle()
+        assert [len(g) for g in model.groups] == [8]  # nothing in flight: all that arrived leave at once
+        second = [asyncio.ensure_future(co.submit(b"b%d" % i)) for i in range(6)]
+        await settle()
+        # a slot is free, but 6 of the 14 callers are less than their share (14 / 2): sent now, the group would
+        # split the callers unevenly, and each small group costs a model run and a round trip
+        assert [len(g) for g in model.groups] == [8] and co.in_flight == 1
+        second += [asyncio.ensure_future(co.submit(b"b%d" % i)) for i in (6, 7)]
+        await settle()
+        assert [len(g) for g in model.groups] == [8, 8]  # 8 of 16: its share
+        late = asyncio.ensure_future(co.submit(b"c"))
+        model.gates[0].set()
+        assert [r[1] for r in await asyncio.gather(*first)] == [b"answer:a%d" % i for i in range(8)]
+        await settle()
+        assert [len(g) for g in model.groups] == [8, 8]  # one group still in flight: "c" waits for company ...
+        model.gates[1].set()
+        await asyncio.gather(*second)
+        await settle()
+        assert model.groups[2] == [b"c"]  # ... but never past the groups in flight: with none, it leaves alone
+        model.gates[2].set()
+        assert await late == (200, b"answer:c", None)
+
+    asyncio.run(scenario())
+
+
 def test_coalescer_hands_a_failed_call_to_each_of_its_requests_and_skips_callers_that_gave_up():
     async def scenario():
         overloaded = Abort(grpc.StatusCode.UNAVAILABLE, "model m is overloaded", 1.0)
