@@ -85,10 +85,10 @@ class Coalescer:
 
     At most `slots()` groups are in flight. With none in flight, a request leaves at the next turn of the event
     loop (with whatever else arrived in that turn). While one is, the next group leaves once it holds its share
-    of the callers (the most requests seen pending and in flight at once, decaying, over the slots), or when a
-    slot frees and the groups in flight are all back. Sending whatever waits the moment a slot frees made groups
-    of every size from 1 to 16 at 16 connections (the answered callers had not sent again yet), each costing a
-    model run and a round trip; held to their share they even out (measured: +12-37 % req/s at 16 connections,
+    of the callers (the most requests seen pending and in flight at once, decaying, over the slots), or once the
+    groups in flight are all back. Sending whatever waits the moment a slot frees made groups of every size from
+    1 to 16 at 16 connections (the answered callers had not sent again yet), each costing a model run and a round
+    trip; held to their share they even out (measured: +5 to +37 % req/s at 16 connections, level at 1 and 64,
     BENCHMARKS.md session 28). The wait is never a timer: at most until the groups in flight are back. A group
     holds at most `max_group` requests and `max_bytes` bytes; once one leaves, every request waiting leaves (in as
     many groups as the slots allow). If `send` raises, every request of that group gets the exception. Pure
