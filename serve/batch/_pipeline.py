@@ -127,6 +127,28 @@ def cluster_resources() -> dict:
             "free_cpus": free.get("CPU", 0), "free_gpus": free.get("GPU", 0)}
 
 
+class ClusterBusy(UserError):
+    """Too few CPUs (or GPUs) are free now for --min-actors actors (the cluster could host them)."""
+
+
+# Ray returns a killed actor's CPUs only once its process has exited: a run that starts right after another ended
+# (or after a test's) can find them still held for a moment, so a busy cluster is asked again for this long.
+BUSY_WAIT_S = 10.0
+
+
+def sized_pool(config: BatchConfig, wait_s: float = BUSY_WAIT_S) -> tuple[dict, tuple[int, int, int]]:
+    """The cluster's resources and `check_resources`'s pool, asking again for up to `wait_s` while it is busy."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        cluster = cluster_resources()
+        try:
+            return cluster, check_resources(config, cluster)
+        except ClusterBusy:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
 def check_resources(config: BatchConfig, cluster: dict) -> tuple[int, int, int]:
     """(min actors, max actors, CPUs reserved per actor); a UserError when no node can host even one, or too few
     are free now. Pure.
@@ -158,7 +180,7 @@ def check_resources(config: BatchConfig, cluster: dict) -> tuple[int, int, int]:
         fit = min(fit, int(cluster["free_gpus"] // gpus))
     if fit < config.min_actors:
         what = f"{cpus} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
-        raise UserError(f"--min-actors {config.min_actors} needs {config.min_actors} actor(s) of {what}, but the "
+        raise ClusterBusy(f"--min-actors {config.min_actors} needs {config.min_actors} actor(s) of {what}, but the "
                         f"cluster has room for {fit} now ({cluster['free_cpus']:g} of {cluster['cpus']:g} CPUs "
                         f"free); lower --min-actors or --threads-per-actor, or wait for other work to finish")
     return config.min_actors, max(config.min_actors, min(config.max_actors or fit, fit)), cpus
@@ -230,8 +252,7 @@ def run_batch(config: BatchConfig, log=print) -> BatchSummary:
         prepare(out, before.pending, keep={f.shard_id for f, _ in before.complete})
         owned = _connect(config.address)
         try:
-            cluster = cluster_resources()
-            pool = check_resources(config, cluster)
+            cluster, pool = sized_pool(config)
             cluster["pool"] = dict(zip(("min_actors", "max_actors", "cpus_per_actor"), pool, strict=True))
             log(f"batch: {pool[1]} actor(s) at most, {pool[2]} CPU(s) each, over {cluster['nodes']} node(s)")
             _stream(config, binding, version, manifest.sha256, before, pool, log)

@@ -20,8 +20,10 @@ from serve.batch._pipeline import (
     KILL_ACTOR_AFTER_ROWS_ENV,
     KILL_AFTER_ROWS_ENV,
     KILLED_ONCE,
+    ClusterBusy,
     check_resources,
     resolve_version,
+    sized_pool,
 )
 
 CPU_ONLY = {"nodes": 2, "cpus": 3, "gpus": 0, "max_node_cpus": 2, "max_node_gpus": 0, "node_cpus": [2, 1],
@@ -80,6 +82,24 @@ def test_resource_checks():
     assert check_resources(BatchConfig("r", "m", ("d",), "o"), head_without_cpus) == (1, 1, 2)
     gpu = {**one_node, "gpus": 2, "max_node_gpus": 2, "node_gpus": [2], "free_gpus": 2}
     assert check_resources(BatchConfig("r", "m", ("d",), "o", gpus_per_actor=1), gpu) == (1, 2, 1)
+
+
+def test_a_busy_cluster_is_asked_again_before_the_run_gives_up(monkeypatch):
+    """CPUs a run that just ended still holds (Ray frees a killed actor's once its process exits) are waited for."""
+    from serve.batch import _pipeline
+
+    answers = iter([{**CPU_ONLY, "free_cpus": 0}, {**CPU_ONLY, "free_cpus": 0}, CPU_ONLY])
+    monkeypatch.setattr(_pipeline, "cluster_resources", lambda: next(answers))
+    monkeypatch.setattr(_pipeline.time, "sleep", lambda s: None)
+    assert sized_pool(BatchConfig("r", "m", ("d",), "o"))[1] == (1, 3, 1)
+    monkeypatch.setattr(_pipeline, "cluster_resources", lambda: {**CPU_ONLY, "free_cpus": 0})
+    with pytest.raises(ClusterBusy, match=r"room for 0 now \(0 of 3 CPUs free\)"):
+        sized_pool(BatchConfig("r", "m", ("d",), "o"), wait_s=0.0)
+    asked = []  # what no wait can change fails at once
+    monkeypatch.setattr(_pipeline, "cluster_resources", lambda: asked.append(1) or CPU_ONLY)
+    with pytest.raises(UserError, match="more CPUs than any node has"):
+        sized_pool(BatchConfig("r", "m", ("d",), "o", threads_per_actor=4))
+    assert asked == [1]
 
 
 # ---- on a simulated two-node cluster
