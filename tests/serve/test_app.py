@@ -271,7 +271,9 @@ def test_status_and_prometheus_metrics(server):
         return text if "optiserve_requests" in text and "optiserve_batch_size" in text else None
 
     text = wait_for(scrape, timeout_s=90, what="optiserve metrics on Ray's Prometheus endpoint")
-    assert 'model="mlp"' in text and "optiserve_request_latency_ms" in text and "optiserve_queue_depth" in text
+    assert 'model="mlp"' in text and "optiserve_queue_depth" in text
+    buckets = [line for line in text.splitlines() if line.startswith("ray_optiserve_request_latency_ms_bucket_total{")]
+    assert any('le="+Inf"' in line and 'model="mlp"' in line for line in buckets), buckets  # histogram_quantile reads
 
 
 class _Recorded:
@@ -287,11 +289,11 @@ class _Recorded:
             def inc(self, value, tags):
                 recorded.calls.append((name, value, tags))
 
-            observe = set = inc
+            set = inc
 
         return Metric()
 
-    Counter = Histogram = Gauge = _metric
+    Counter = Gauge = _metric
 
 
 def test_observer_hands_ray_each_request_and_batch_once_at_flush_not_before():
@@ -308,21 +310,38 @@ def test_observer_hands_ray_each_request_and_batch_once_at_flush_not_before():
     assert metrics.calls == []  # nothing reaches Ray on the request path
 
     observer.flush()
-    v1, v2 = {"model": "mlp", "version": "1"}, {"model": "mlp", "version": "2"}
-    assert sorted(metrics.calls, key=repr) == sorted([
-        ("optiserve_requests", 2, {**v2, "code": "200"}),
-        ("optiserve_requests", 1, {**v1, "code": "200"}),
-        ("optiserve_requests", 1, {**v2, "code": "503"}),
-        ("optiserve_errors", 1, {**v2, "code": "503"}),
-        ("optiserve_request_latency_ms", 1.5, v2),  # errors are counted, their latency is not observed
-        ("optiserve_request_latency_ms", 2.5, v2),
-        ("optiserve_request_latency_ms", 4.0, v1),
-        ("optiserve_batch_size", 3, v2),
-        ("optiserve_queue_depth", 7, v2),
-    ], key=repr)
+
+    def series(name):  # (version, le, code) -> the value handed to Ray
+        return {(t["version"], t.get("le"), t.get("code")): v for n, v, t in metrics.calls if n == name}
+
+    assert series("optiserve_requests") == {("2", None, "200"): 2, ("1", None, "200"): 1, ("2", None, "503"): 1}
+    assert series("optiserve_errors") == {("2", None, "503"): 1}
+    latency = series("optiserve_request_latency_ms_bucket")  # errors are counted, their latency is not observed
+    assert {le: n for (v, le, _), n in latency.items() if v == "2"} == {
+        "2": 1, "5": 2, "10": 2, "20": 2, "50": 2, "100": 2, "200": 2, "500": 2, "1000": 2, "2000": 2, "5000": 2,
+        "+Inf": 2}
+    assert latency[("1", "5", None)] == 1 and ("1", "2", None) not in latency
+    assert series("optiserve_request_latency_ms_sum") == {("2", None, None): 4.0, ("1", None, None): 4.0}
+    batch = series("optiserve_batch_size_bucket")
+    assert batch[("2", "4", None)] == 1 and ("2", "2", None) not in batch and batch[("2", "+Inf", None)] == 1
+    assert series("optiserve_queue_depth") == {("2", None, None): 7}
     metrics.calls.clear()
     observer.flush()
     assert metrics.calls == []  # each observation is handed over once
+
+
+def test_counted_histogram_counts_each_value_in_every_bucket_at_or_above_it():
+    from serve.app import CountedHistogram
+
+    metrics = _Recorded()
+    histogram = CountedHistogram(metrics, "h", "H.", [1, 2.5, 10], ("model",))
+    histogram.add([1, 1.0001, 2.5, 40, 0.2], {"model": "m"})  # a bound is its own bucket's (le: less or equal)
+    assert [(name, n, tags["le"]) for name, n, tags in metrics.calls if name == "h_bucket"] == [
+        ("h_bucket", 2, "1"), ("h_bucket", 4, "2.5"), ("h_bucket", 4, "10"), ("h_bucket", 5, "+Inf")]
+    assert ("h_sum", 1 + 1.0001 + 2.5 + 40 + 0.2, {"model": "m"}) in metrics.calls
+    metrics.calls.clear()
+    histogram.add([], {"model": "m"})
+    assert metrics.calls == []  # Ray's counters refuse a zero increment
 
 
 def test_deployment_with_an_autoscale_policy_serves(server):
