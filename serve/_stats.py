@@ -31,9 +31,17 @@ class RollingStats:
         self._arrivals: deque[float] = deque()
         self._latencies: deque[tuple[float, float]] = deque()  # (time, ms)
         self._batches: deque[tuple[float, int, int]] = deque()  # (time, rows, padding rows)
+        self._next_prune = self._born + window_s
+
+    # Ray Serve asks for `snapshot` only when the deployment autoscales; a fixed-size deployment never does, so
+    # recording also drops what aged out, at most once a window: the deques hold about two windows, whatever the
+    # uptime (before: ~290 bytes a request kept for good, ~3 GB an hour at 3,000 req/s).
 
     def arrival(self) -> None:
-        self._arrivals.append(self._clock())
+        now = self._clock()
+        self._arrivals.append(now)
+        if now >= self._next_prune:
+            self._prune()
 
     def latency(self, ms: float) -> None:
         self._latencies.append((self._clock(), ms))
@@ -44,6 +52,7 @@ class RollingStats:
 
     def _prune(self) -> float:
         now = self._clock()
+        self._next_prune = now + self.window_s
         cutoff = now - self.window_s
         while self._arrivals and self._arrivals[0] < now - self.rate_window_s:
             self._arrivals.popleft()

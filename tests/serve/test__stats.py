@@ -54,3 +54,19 @@ def test_the_arrival_rate_is_recent_and_not_diluted_on_a_young_replica():
     now[0] = 21.8
     snap = stats.snapshot(0, 0)
     assert snap[m.ARRIVAL_RATE_RPS] == 40.0 and snap[m.LATENCY_P50_MS] == 5.0  # the latency window is still 30 s
+
+
+def test_what_ages_out_is_dropped_without_a_snapshot():
+    """A deployment that does not autoscale is never asked for a snapshot: recording alone keeps memory bounded."""
+    now = [0.0]
+    stats = RollingStats(window_s=10, clock=lambda: now[0], rate_window_s=1)
+    for i in range(20_000):  # 100 req/s for 200 s, one batch per 10 requests
+        now[0] = i / 100
+        stats.arrival()
+        stats.latency(1.0)
+        if i % 10 == 0:
+            stats.batch(10)
+    # at most two windows kept (pruned once a window), not 200 s worth
+    assert len(stats._arrivals) <= 2 * 10 * 100 and len(stats._latencies) <= 2 * 10 * 100
+    assert len(stats._batches) <= 2 * 10 * 10
+    assert 99 <= stats.snapshot(0, 0)[m.ARRIVAL_RATE_RPS] <= 101  # the rate over the last second, as before
