@@ -43,7 +43,7 @@ FAST_PATH_FLAGS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIM
 LOCAL_DRAIN = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
 # Serve's per-request HTTP metrics under HAProxy come from one log datagram per request that HAProxy formats and
 # the HAProxyManager actor, in Python, parses: ~19 % of a core at 1,100 req/s on this project's 2-core machine,
-# taken from the replicas. optiserve counts every request itself (`optiserve_requests`, its latency histogram), so
+# taken from the replicas. optiserve counts every request itself (`optiserve_requests`, its latency buckets), so
 # the head optiserve starts turns it off (A/B at 64 connections: 1,173 / 1,302 / 1,222 -> 1,302 / 1,466 / 1,542
 # req/s). What goes: Serve's `serve_num_http_requests` and latency metrics and HAProxy's node metrics.
 NO_HAPROXY_METRICS = {"RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}

@@ -71,20 +71,21 @@ def serve_port():
 
     env = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
            "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
-    ray.init(address="local", num_cpus=8, include_dashboard=False, runtime_env={"env_vars": env},
-             log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port
-    serve.shutdown()
-    ray.shutdown()
-
-
-def _running(app: str, name: str) -> int:
-    from ray import serve
-
-    dep = serve.status().applications[app].deployments[name]
-    return int(dep.replica_states.get("RUNNING", 0))
+    # Serve's controller kills a proxy not ready within 5 s, and `serve.start` then fails: on a busy machine (a
+    # fresh clone's suite beside another) its worker took longer. The head started here reads it from this process.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+        ray.init(address="local", num_cpus=8, include_dashboard=False, runtime_env={"env_vars": env},
+                 log_to_driver=False)
+        try:  # a setup that fails must not leave Ray up: every later module's ray.init would fail with it
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            yield port
+        finally:
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
 
 
 @pytest.mark.ray
@@ -127,19 +128,26 @@ def test_adapter_scales_a_real_deployment_up_and_down(serve_port):
     # One replica serves at most 10 req/s (0.1 s per request, one at a time) against a capacity of 8, so the policy
     # must add a replica whatever the machine's speed; a third would need the clients to push 16+ req/s through
     # Serve's proxy, which a loaded 2-core machine does not always do, so the test asks for the scale-up only.
-    peak = 1
+    peak, seen = 1, []  # seen: (s since start, Serve's replica states), for the message if it fails
+    t0 = time.time()
+
+    def running() -> int:
+        states = dict(serve.status().applications["adapter_test"].deployments["Sleeper"].replica_states)
+        seen.append((round(time.time() - t0), states))
+        return int(states.get("RUNNING", 0))
+
     with cf.ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(client) for _ in range(12)]
         deadline = time.time() + 120
         while time.time() < deadline and peak < 2:
             time.sleep(1)
-            peak = max(peak, _running("adapter_test", "Sleeper"))
+            peak = max(peak, running())
         stop.set()
         for f in futures:
             f.result()
-    assert peak >= 2, "the custom policy did not scale up under load"
+    assert peak >= 2, f"the custom policy did not scale up under load: {seen}"
     deadline, now_running = time.time() + 120, peak
     while time.time() < deadline and now_running > 1:
         time.sleep(1)
-        now_running = _running("adapter_test", "Sleeper")
-    assert now_running == 1, "the custom policy did not scale back down when load stopped"
+        now_running = running()
+    assert now_running == 1, f"the custom policy did not scale back down when load stopped: {seen}"

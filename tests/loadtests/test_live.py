@@ -64,7 +64,12 @@ def test_step_load_scales_up_and_down_with_verdict_and_report(repo, ray_local, t
 
     rs = result.replica_summary
     assert rs.scale_ups >= 1 and rs.scale_downs >= 1, [(s.t_s, s.running, s.starting) for s in result.replicas]
-    assert rs.max_replicas >= 2 and result.replicas[-1].committed < rs.max_replicas
+    assert rs.max_replicas >= 2
+    # it came down after its peak; not necessarily by the trace's end: the policy reads latency too, and on a busy
+    # machine (a fresh clone's suite beside another) the lull's latency once asked for the replica back at 70 s
+    peak_at = next(i for i, s in enumerate(result.replicas) if s.committed == rs.max_replicas)
+    assert any(s.committed < rs.max_replicas for s in result.replicas[peak_at:]), \
+        [(s.t_s, s.running, s.starting) for s in result.replicas]
     assert result.summary.requests > 0.5 * result.target_requests
     assert [c.name for c in result.verdict.checks] == ["p95 latency (ms)", "error rate"]
     assert result.verdict.passed == all(c.passed for c in result.verdict.checks)
