@@ -33,6 +33,7 @@ from serve.config import ModelConfig
 
 PROTOCOLS = ("json", "binary", "grpc")
 
+
 def stubbed_runtime(repo: Path) -> ModelRuntime:
     """The MLP's runtime with every batch answered by zeros (no batch wait: nothing else arrives)."""
     runtime = ModelRuntime(repo, "mlp", ModelConfig(batch_wait_timeout_ms=0))

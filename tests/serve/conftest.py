@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,6 +181,17 @@ def running_app(repo: Path, config_path: Path, env: dict[str, str], *, num_cpus:
                     os.environ[k] = v
 
 
+def wait_for(predicate, timeout_s: float = 60, what: str = "condition"):
+    """predicate()'s first truthy value, asked every 0.3 s; an AssertionError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 class Helpers:
     """Test helpers as a fixture (pytest's importlib mode makes conftest itself unimportable)."""
 
@@ -192,6 +204,7 @@ class Helpers:
     fuzz_cases = staticmethod(fuzz_cases)
     valid_body = staticmethod(valid_body)
     free_port = staticmethod(free_port)
+    wait_for = staticmethod(wait_for)
     running_app = staticmethod(running_app)
 
 

@@ -84,21 +84,11 @@ def logits(resp: httpx.Response) -> np.ndarray:
     return np.array(out["data"], np.float32).reshape(out["shape"])
 
 
-def wait_for(predicate, timeout_s: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def test_every_endpoint(server):
+def test_every_endpoint(server, helpers):
     c = server["client"]
     assert c.get("/v2").json()["name"] == "optiserve"
     assert c.get("/v2/health/live").status_code == 200
-    assert wait_for(lambda: c.get("/v2/health/ready").status_code == 200, what="server ready")
+    assert helpers.wait_for(lambda: c.get("/v2/health/ready").status_code == 200, what="server ready")
     meta = c.get("/v2/models/mlp").json()
     assert meta["versions"] == ["1", "2"] and meta["inputs"][0]["shape"] == [-1, 64]
     assert c.get("/v2/models/mlp/ready").status_code == 200
@@ -216,47 +206,49 @@ class Traffic:
 def test_roll_out_then_failed_roll_out_without_dropping_requests(server, helpers):
     c, repo, root = server["client"], server["repo"], server["root"]
     with Traffic(c, "mlp", (1, 64)) as traffic:
-        wait_for(lambda: len(traffic.results) > 5, what="traffic")
+        helpers.wait_for(lambda: len(traffic.results) > 5, what="traffic")
         new = helpers.publish(repo, "mlp", "mlp", seed=7, tmp=root)
-        wait_for(lambda: c.get("/v2/models/mlp/status").json()["default_version"] == new, what="roll-out")
-        wait_for(lambda: any(v == new for _, v in traffic.results[-5:]), what="traffic on the new version")
+        helpers.wait_for(lambda: c.get("/v2/models/mlp/status").json()["default_version"] == new, what="roll-out")
+        helpers.wait_for(lambda: any(v == new for _, v in traffic.results[-5:]), what="traffic on the new version")
         bad = helpers.publish(repo, "mlp", "mlp", seed=8, tmp=root)
         helpers.corrupt(repo, "mlp", bad)
-        status = wait_for(lambda: (s := c.get("/v2/models/mlp/status").json())["failed_versions"].get(bad) and s,
-                          what="failed roll-out reported")
+        status = helpers.wait_for(
+            lambda: (s := c.get("/v2/models/mlp/status").json())["failed_versions"].get(bad) and s,
+            what="failed roll-out reported")
         assert status["default_version"] == new and "sha256" in status["failed_versions"][bad]
         n = len(traffic.results)
-        wait_for(lambda: len(traffic.results) > n + 5, what="traffic after the failed roll-out")
+        helpers.wait_for(lambda: len(traffic.results) > n + 5, what="traffic after the failed roll-out")
     codes = [code for code, _ in traffic.results]
     assert codes == [200] * len(codes)  # not one request dropped across both roll-outs
     versions = [v for _, v in traffic.results]
     assert versions[0] == "2" and versions[-1] == new and bad not in versions
 
 
-def test_killed_replica_is_restarted_and_traffic_continues(server):
+def test_killed_replica_is_restarted_and_traffic_continues(server, helpers):
     import ray
 
     import serve
 
     c = server["client"]
-    wait_for(lambda: serve.replica_counts("cnn")["running"] == 2, what="two cnn replicas")
+    helpers.wait_for(lambda: serve.replica_counts("cnn")["running"] == 2, what="two cnn replicas")
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
                 if "optiserve.cnn" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
     assert len(replicas) == 2
     victim = ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"])
     with Traffic(c, "cnn", (1, 1, 8, 8)) as traffic:
-        wait_for(lambda: len(traffic.results) > 5, what="traffic")
+        helpers.wait_for(lambda: len(traffic.results) > 5, what="traffic")
         ray.kill(victim, no_restart=True)
-        wait_for(lambda: serve.replica_counts("cnn")["running"] < 2 or None, timeout_s=30, what="replica noticed dead")
-        wait_for(lambda: serve.replica_counts("cnn")["running"] == 2, timeout_s=120, what="replica restarted")
+        helpers.wait_for(lambda: serve.replica_counts("cnn")["running"] < 2 or None, timeout_s=30,
+                         what="replica noticed dead")
+        helpers.wait_for(lambda: serve.replica_counts("cnn")["running"] == 2, timeout_s=120, what="replica restarted")
         n = len(traffic.results)
-        wait_for(lambda: len(traffic.results) > n + 10, what="traffic after restart")
+        helpers.wait_for(lambda: len(traffic.results) > n + 10, what="traffic after restart")
     codes = [code for code, _ in traffic.results]
     assert codes[-10:] == [200] * 10
     assert codes.count(200) >= 0.9 * len(codes), codes  # the surviving replica kept answering
 
 
-def test_status_and_prometheus_metrics(server):
+def test_status_and_prometheus_metrics(server, helpers):
     import serve
 
     report = serve.status()
@@ -270,7 +262,7 @@ def test_status_and_prometheus_metrics(server):
             return None
         return text if "optiserve_requests" in text and "optiserve_batch_size" in text else None
 
-    text = wait_for(scrape, timeout_s=90, what="optiserve metrics on Ray's Prometheus endpoint")
+    text = helpers.wait_for(scrape, timeout_s=90, what="optiserve metrics on Ray's Prometheus endpoint")
     assert 'model="mlp"' in text and "optiserve_queue_depth" in text
     buckets = [line for line in text.splitlines() if line.startswith("ray_optiserve_request_latency_ms_bucket_total{")]
     assert any('le="+Inf"' in line and 'model="mlp"' in line for line in buckets), buckets  # histogram_quantile reads
@@ -418,7 +410,7 @@ def test_triton_http_client_works_unchanged(server, helpers):
     client = http.InferenceServerClient(f"127.0.0.1:{server['info'].port}", network_timeout=60)
     try:
         assert client.is_server_live(headers=auth()) and client.is_model_ready("mlp", headers=auth())
-        assert wait_for(lambda: client.is_server_ready(headers=auth()), what="server ready")
+        assert helpers.wait_for(lambda: client.is_server_ready(headers=auth()), what="server ready")
         assert "binary_tensor_data" in client.get_server_metadata(headers=auth())["extensions"]
         assert client.get_model_metadata("mlp", headers=auth())["inputs"][0]["shape"] == [-1, 64]
 

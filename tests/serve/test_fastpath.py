@@ -42,7 +42,7 @@ def fast(tmp_path_factory, helpers):
         client.close()
 
 
-def test_haproxy_front_end_serves_every_model_on_one_port(fast):
+def test_haproxy_front_end_serves_every_model_on_one_port(fast, helpers):
     from ray import serve as rs
 
     info, client = fast["info"], fast["client"]
@@ -53,14 +53,12 @@ def test_haproxy_front_end_serves_every_model_on_one_port(fast):
     # request id to every answer, sees it not; metadata still takes Serve's path. A request that reaches a replica
     # before its constructor has set the shortcut takes Serve's path, answered all the same (seen once, under
     # load, on a fresh clone), so the first answers may carry the id.
-    deadline = time.monotonic() + 60
-    while True:
+    def infer_past_serves_wrapper():
         mlp = client.post("/v2/models/mlp/infer", json=body(np.zeros((2, 64), np.float32)))
         assert mlp.status_code == 200 and mlp.json()["outputs"][0]["shape"] == [2, 10]
-        if "x-request-id" not in mlp.headers or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert "x-request-id" not in mlp.headers
+        return "x-request-id" not in mlp.headers
+
+    helpers.wait_for(infer_past_serves_wrapper, what="an infer answer without Serve's x-request-id")
     assert "x-request-id" in client.get("/v2/models/mlp").headers
     cnn = client.post("/v2/models/cnn/infer", content=b'{"inputs": [{"name": "input", "shape": [1, 1, 8, 8], '
                       b'"datatype": "FP32", "data": ' + str([0.0] * 64).encode() + b"}]}")  # no Content-Type

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-import time
 
 import grpc
 import httpx
@@ -76,15 +75,6 @@ def reference(repo, name, version, feeds):
     return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
-def wait_for(predicate, timeout_s: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def given(name, arr, datatype):
     tensor = grpcclient.InferInput(name, list(arr.shape), datatype)
     tensor.set_data_from_numpy(arr)
@@ -97,10 +87,10 @@ def status_of(call) -> str:
     return info.value.status()
 
 
-def test_health_and_metadata_with_tritons_client(live):
+def test_health_and_metadata_with_tritons_client(live, helpers):
     c = live["client"]
     assert c.is_server_live(headers=AUTH)
-    assert wait_for(lambda: c.is_server_ready(headers=AUTH), what="server ready")
+    assert helpers.wait_for(lambda: c.is_server_ready(headers=AUTH), what="server ready")
     assert c.get_server_metadata(headers=AUTH).name == "optiserve"
     assert c.is_model_ready("mlp", headers=AUTH) and c.is_model_ready("mlp", "1", headers=AUTH)
     assert not c.is_model_ready("mlp", "9", headers=AUTH)
