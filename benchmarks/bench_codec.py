@@ -14,7 +14,7 @@ all, count instructions: run under callgrind at two round counts and divide the 
       --only grpc --rounds $n --repeat 1; done   # (Ir(150) - Ir(50)) / (100 x GROUP) per request
 
 Usage: python benchmarks/bench_codec.py [--only json,binary,grpc] [--rounds 300] [--repeat 7] [--group 8]
-       [--out build/bench/serve]
+       [--out build/bench/serve] [--features 64]
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def stubbed_runtime(repo: Path) -> ModelRuntime:
     return runtime
 
 
-def paths(runtime: ModelRuntime, group: int) -> dict:
+def paths(runtime: ModelRuntime, group: int, features: int) -> dict:
     """protocol -> an async callable answering `group` requests."""
-    body, (binary, header_length) = request_body(), binary_body()
-    message = grpc_body()[5:]  # past the gRPC length prefix
+    body, (binary, header_length) = request_body(features), binary_body(features)
+    message = grpc_body(features)[5:]  # past the gRPC length prefix
 
     async def http(raw: bytes, header: str | None) -> None:
         async def one() -> None:
@@ -82,12 +82,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300, help="groups per run")
     parser.add_argument("--repeat", type=int, default=7, help="runs per protocol (the best is reported)")
     parser.add_argument("--group", type=int, default=8, help="requests per group (the router's coalesced call)")
+    parser.add_argument("--features", type=int, default=64, help="the model's input width (bench_serve's)")
     parser.add_argument("--out", type=Path, default=Path("build/bench/serve"), help="where the model is built")
     args = parser.parse_args()
     unknown = set(args.only.split(",")) - set(PROTOCOLS)
     if unknown:
         parser.error(f"unknown protocol(s) {sorted(unknown)}; choose from {', '.join(PROTOCOLS)}")
-    candidates = paths(stubbed_runtime(build_model(args.out)), args.group)
+    candidates = paths(stubbed_runtime(build_model(args.out, args.features)), args.group, args.features)
 
     async def run() -> None:
         for name in args.only.split(","):

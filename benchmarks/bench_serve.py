@@ -1,6 +1,7 @@
 """Serving benchmark: optiserve (HAProxy direct ingress) vs its previous path vs its peers, with wrk as the load.
 
-One model (the digits MLP: 64 -> 1024 -> 1024 -> 10, exported to ONNX), one request (a batch-1 KServe v2
+One model (the digits MLP: 64 -> 1024 -> 1024 -> 10, exported to ONNX; `--features N` widens its input to N, so
+that the request's encoding weighs as it does for an image or an embedding), one request (a batch-1 KServe v2
 JSON body, the same bytes for every server), the same load: `wrk` (C, not the bottleneck) with a Lua
 script posting the body over CONNECTIONS keep-alive connections for DURATION seconds. Candidates are
 measured in interleaved rounds (a, b, c, ..., a, b, c, ...) so drift on a shared machine hits all of them;
@@ -25,7 +26,7 @@ nghttp2-client) for gRPC, both written in C, one request in flight per connectio
 
 Usage: python benchmarks/bench_serve.py [--duration 10] [--connections 1,16,64] [--rounds 3]
        [--out build/bench/serve] [--triton-python build/triton-sys/bin/python] [--only optiserve,triton,...]
-       [--protocols json,binary,grpc]
+       [--protocols json,binary,grpc] [--features 64]
 """
 
 from __future__ import annotations
@@ -85,66 +86,67 @@ def cpu_model() -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
-def build_model(out: Path) -> Path:
-    """The digits MLP architecture exported to ONNX (weights seeded: speed does not depend on training)."""
+def build_model(out: Path, features: int) -> Path:
+    """The digits MLP architecture, `features` inputs wide, exported to ONNX (weights seeded: speed does not
+    depend on training). The repository is kept under OUT per width."""
     import torch
 
     from optimize.examples import DigitsMLP
     from optiserve.repository import publish
 
-    repo = out / "repo"
+    repo = out / ("repo" if features == 64 else f"repo-{features}")
     if (repo / "mlp" / "1" / "model.onnx").exists():
         return repo
     torch.manual_seed(0)
-    model = DigitsMLP().eval()
+    model = DigitsMLP(features=features).eval()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "mlp.onnx"
-    torch.onnx.export(model, (torch.zeros(2, 64),), str(path), input_names=["input"], output_names=["logits"],
+    path = out / f"mlp-{features}.onnx"
+    torch.onnx.export(model, (torch.zeros(2, features),), str(path), input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     publish(path, repo, "mlp")
     return repo
 
 
-def _input() -> np.ndarray:
-    return np.random.default_rng(0).random((1, 64), dtype=np.float32)
+def _input(features: int) -> np.ndarray:
+    return np.random.default_rng(0).random((1, features), dtype=np.float32)
 
 
-def request_body() -> bytes:
-    x = _input()
-    return json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+def request_body(features: int) -> bytes:
+    x = _input(features)
+    return json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
                                    "data": [round(float(v), 6) for v in x.ravel()]}]}).encode()
 
 
-def binary_body() -> tuple[bytes, int]:
+def binary_body(features: int) -> tuple[bytes, int]:
     """A request in Triton's binary tensor extension (JSON header, then the raw tensor; binary output asked for),
     and the header's length (the `Inference-Header-Content-Length` header)."""
-    raw = _input().tobytes()
-    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+    raw = _input(features).tobytes()
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, features], "datatype": "FP32",
                                      "parameters": {"binary_data_size": len(raw)}}],
                          "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
     return header + raw, len(header)
 
 
-def grpc_body() -> bytes:
+def grpc_body(features: int) -> bytes:
     """One KServe v2 ModelInfer call as gRPC puts it on the wire (a length-prefixed protobuf), raw tensor contents."""
     from tritonclient.grpc import service_pb2 as pb
 
     request = pb.ModelInferRequest(model_name="mlp")
     tensor = request.inputs.add(name="input", datatype="FP32")
-    tensor.shape.extend([1, 64])
-    request.raw_input_contents.append(_input().tobytes())
+    tensor.shape.extend([1, features])
+    request.raw_input_contents.append(_input(features).tobytes())
     request.outputs.add(name="logits")
     message = request.SerializeToString()
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-def check_grpc(port: int, timeout_s: float = 240) -> None:
+def check_grpc(port: int, features: int, timeout_s: float = 240) -> None:
     """One real ModelInfer through Triton's gRPC client: h2load sees HTTP status only, not gRPC's status."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
-    tensor = grpcclient.InferInput("input", [1, 64], "FP32")
-    tensor.set_data_from_numpy(_input())
+    tensor = grpcclient.InferInput("input", [1, features], "FP32")
+    tensor.set_data_from_numpy(_input(features))
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -247,7 +249,7 @@ import sys, numpy as np, onnxruntime as ort
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
-path, http, grpc, metrics = sys.argv[1], *map(int, sys.argv[2:5])
+path, http, grpc, metrics, features = sys.argv[1], *map(int, sys.argv[2:6])
 opts = ort.SessionOptions(); opts.intra_op_num_threads = 1
 session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 @batch
@@ -256,7 +258,7 @@ def infer(input):
 config = TritonConfig(http_address="127.0.0.1", http_port=http, grpc_address="127.0.0.1", grpc_port=grpc,
                       metrics_port=metrics)
 with Triton(config=config) as triton:
-    triton.bind(model_name="mlp", infer_func=infer, inputs=[Tensor(name="input", dtype=np.float32, shape=(64,))],
+    triton.bind(model_name="mlp", infer_func=infer, inputs=[Tensor(name="input", dtype=np.float32, shape=(features,))],
                 outputs=[Tensor(name="logits", dtype=np.float32, shape=(10,))],
                 config=ModelConfig(max_batch_size=32, batcher=DynamicBatcher(max_queue_delay_microseconds=2000)))
     triton.run()
@@ -306,13 +308,13 @@ def run_h2load(url: str, body: Path, connections: int, duration_s: float, log: P
             "p99_ms": float(np.percentile(ok, 99)), "errors": int(len(rows) - len(ok))}
 
 
-def bench_in_process(model_path: Path, connections: int, duration_s: float) -> dict[str, float]:
+def bench_in_process(model_path: Path, features: int, connections: int, duration_s: float) -> dict[str, float]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
+    x = _input(features)
     latencies: list[list[float]] = [[] for _ in range(connections)]
     deadline = time.perf_counter() + duration_s
 
@@ -401,12 +403,12 @@ def quiet(procs: list[subprocess.Popen]):
 class Load:
     """The request files and how to drive one (server, protocol) candidate at a given concurrency."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, features: int) -> None:
         self.out = out
-        (out / "body.json").write_bytes(request_body())
-        binary, header_len = binary_body()
+        (out / "body.json").write_bytes(request_body(features))
+        binary, header_len = binary_body(features)
         (out / "body.bin").write_bytes(binary)
-        (out / "body.grpc").write_bytes(grpc_body())
+        (out / "body.grpc").write_bytes(grpc_body(features))
         self.lua = {"json": out / "post.lua", "binary": out / "post-binary.lua"}
         self.lua["json"].write_text(WRK_LUA.format(content_type="application/json", extra="",
                                                    body=out / "body.json"))
@@ -423,7 +425,7 @@ class Load:
 def start_servers(args, wanted: list[str], model_path: Path, body: bytes) -> tuple[dict, dict[str, dict[str, str]]]:
     """Start every wanted server in its own process (session); return the processes and each one's URL per
     protocol, both by kind."""
-    me = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out)]
+    me = [sys.executable, str(Path(__file__).resolve()), "--out", str(args.out), "--features", str(args.features)]
     procs, urls = {}, {}
     for kind in ("optiserve", "proxy", "uvicorn", "triton"):
         if kind not in wanted and not (kind == "proxy" and "plain" in wanted):  # plain runs on the proxy cluster
@@ -432,7 +434,8 @@ def start_servers(args, wanted: list[str], model_path: Path, body: bytes) -> tup
         base = f"http://127.0.0.1:{port}"
         infer = "/plain" if kind == "proxy" and "proxy" not in wanted else "/v2/models/mlp/infer"
         if kind == "triton":
-            cmd = [args.triton_python, "-c", TRITON_SERVER, str(model_path), str(port), str(grpc), str(free_port())]
+            cmd = [args.triton_python, "-c", TRITON_SERVER, str(model_path), str(port), str(grpc), str(free_port()),
+                   str(args.features)]
         else:
             cmd = [*me, "--serve", kind, "--port", str(port)]
             cmd += ["--grpc-port", str(grpc)] if "grpc" in PROTOCOLS.get(kind, ()) else []
@@ -444,7 +447,7 @@ def start_servers(args, wanted: list[str], model_path: Path, body: bytes) -> tup
         urls[kind] = {p: base + "/v2/models/mlp/infer" for p in PROTOCOLS.get(kind, ("json",)) if p != "grpc"}
         if "grpc" in PROTOCOLS.get(kind, ()):
             try:
-                check_grpc(grpc, timeout_s=60)
+                check_grpc(grpc, args.features, timeout_s=60)
                 urls[kind]["grpc"] = f"http://127.0.0.1:{grpc}{GRPC_PATH}"
             except Exception as exc:  # noqa: BLE001 - reported, the other protocols still run
                 print(f"{NAMES[kind]} gRPC skipped: {exc}"[:300], flush=True)
@@ -462,19 +465,22 @@ def main() -> None:
     parser.add_argument("--triton-python", help="a Python with nvidia-pytriton installed (its own venv)")
     parser.add_argument("--only", help="comma-separated subset of: " + ",".join(NAMES))
     parser.add_argument("--protocols", default="json,binary,grpc", help="subset of json,binary,grpc")
+    parser.add_argument("--features", type=int, default=64, help="the model's input width (the request's size)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # internal: run one server in this process
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--grpc-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out = args.out.resolve()
-    repo = build_model(args.out)
+    if args.features < 1:
+        parser.error("--features must be at least 1")
+    repo = build_model(args.out, args.features)
     model_path = repo / "mlp" / "1" / "model.onnx"
     if args.serve in ("optiserve", "proxy"):
         return serve_ray(args.serve, repo, args.port, args.grpc_port, args.out)
     if args.serve == "uvicorn":
         return serve_uvicorn(model_path, args.port)
 
-    load = Load(args.out)
+    load = Load(args.out, args.features)
     levels = [int(c) for c in args.connections.split(",")]
     protocols = args.protocols.split(",")
     if "grpc" in protocols and not shutil.which("h2load"):
@@ -484,7 +490,7 @@ def main() -> None:
     if "triton" in wanted and not args.triton_python:
         print("Triton skipped: no --triton-python (install nvidia-pytriton in its own venv)", flush=True)
         wanted.remove("triton")
-    procs, urls = start_servers(args, wanted, model_path, request_body())
+    procs, urls = start_servers(args, wanted, model_path, request_body(args.features))
     try:
         candidates = [(kind, p) for kind in NAMES if kind in wanted for p in PROTOCOLS.get(kind, ("json",))
                       if p in protocols and (kind == "inproc" or p in urls.get(kind, {}))]
@@ -498,7 +504,7 @@ def main() -> None:
                 for kind, protocol in candidates:
                     loads.append(os.getloadavg()[0])
                     if kind == "inproc":
-                        r = bench_in_process(model_path, connections, args.duration)
+                        r = bench_in_process(model_path, args.features, connections, args.duration)
                     else:
                         with quiet([proc for k, proc in procs.items() if k != SERVED_BY.get(kind, kind)]):
                             r = load.run(urls[kind][protocol], protocol, connections, args.duration)

@@ -22,10 +22,10 @@ SEED = 0
 class DigitsMLP(nn.Module):
     """A wide MLP: wide enough that the MatMuls, not per-op overhead, dominate inference time."""
 
-    def __init__(self, hidden: int = 1024) -> None:
+    def __init__(self, hidden: int = 1024, features: int = 64) -> None:  # 64: the 8x8 digit images
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+            nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
