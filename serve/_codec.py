@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from optiserve.repository import TensorSpec
+from serve._json_tensors import parse_large
 from serve._messages import (
     MAX_DIMS,
     InferenceRequest,
@@ -52,10 +53,13 @@ def batchable(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> bool:
 def parse_request(body: bytes, header_length: str | None = None) -> InferenceRequest:
     """The request in an HTTP body, whatever its Content-Type: JSON alone, or JSON then binary tensor data."""
     size = _header_size(header_length, len(body))
-    try:
-        request = InferenceRequest.model_validate_json(body if size is None else body[:size])
-    except ValidationError as exc:
-        raise InferError(400, validation_message(exc.errors(include_url=False))) from None
+    header = body if size is None else body[:size]
+    request = parse_large(header)
+    if request is None:
+        try:
+            request = InferenceRequest.model_validate_json(header)
+        except ValidationError as exc:
+            raise InferError(400, validation_message(exc.errors(include_url=False))) from None
     _attach_binary(request, memoryview(body)[len(body) if size is None else size:])
     return request
 
@@ -162,17 +166,24 @@ def _decode_tensor(tensor: RequestInput, spec: TensorSpec) -> np.ndarray:
         raise InferError(400, f"input {name!r} has shape {shape}, the model expects {_fmt(spec.shape)}")
     if tensor.raw is not None:
         return _decode_binary(name, tensor.raw, spec.datatype, shape)
+    if tensor.values is not None:
+        return _checked(name, tensor.values, dtype, spec.datatype, shape)
     if dtype is None:
         return _decode_json_bytes(name, tensor.data, shape)
     return _decode_json(name, tensor.data, dtype, spec.datatype, shape)
 
 
 def _decode_json(name: str, data: list[Any], dtype: np.dtype, datatype: str, shape: list[int]) -> np.ndarray:
-    count = math.prod(shape)
     try:
         values = np.asarray(data)
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise InferError(400, f"input {name!r}: data must be a flat or regularly nested list of numbers") from None
+    return _checked(name, values, dtype, datatype, shape)
+
+
+def _checked(name: str, values: np.ndarray, dtype: np.dtype, datatype: str, shape: list[int]) -> np.ndarray:
+    """JSON values (as numpy inferred them) as the model's dtype and shape, or the 400 that says what is wrong."""
+    count = math.prod(shape)
     if values.size != count:
         raise InferError(400, f"input {name!r} has {values.size} elements, shape {shape} needs {count}")
     if count == 0:

@@ -28,11 +28,17 @@ class RequestInput(BaseModel):
     data: list[Any] | None = None  # absent when the tensor is sent as binary data
     parameters: dict[str, Any] | None = None
     _raw: memoryview | None = PrivateAttr(None)
+    _values: Any = PrivateAttr(None)
 
     @property
     def raw(self) -> memoryview | None:
         """The tensor's bytes when it came as binary data (Triton's extension, gRPC raw contents), else None."""
         return self.__pydantic_private__["_raw"]  # pydantic's own lookup (`__getattr__`) costs ~2.5 us a read
+
+    @property
+    def values(self) -> Any:
+        """A large JSON body's flat float data as a float64 array (`serve._json_tensors`); `data` is then []."""
+        return self.__pydantic_private__["_values"]
 
 
 class RequestOutput(BaseModel):
